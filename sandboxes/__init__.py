@@ -1,0 +1,20 @@
+"""Where untrusted work runs: the Sandbox contract and its backends."""
+
+from __future__ import annotations
+
+from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
+from assay.sandboxes.errors import SandboxError, SandboxUnavailable
+from assay.sandboxes.languages import Language, languages
+from assay.sandboxes.local import LocalSandbox
+
+__all__ = [
+    "Job",
+    "Language",
+    "Limits",
+    "LocalSandbox",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "SandboxUnavailable",
+    "languages",
+]

@@ -1,0 +1,90 @@
+"""The contract between verifiers and the places untrusted work runs."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one job may use. Every limit is enforced from outside the program."""
+
+    wall_s: float = 5.0
+    cpu_s: float | None = None
+    """CPU seconds; `None` means the wall-clock limit plus one second."""
+    memory_mb: int = 512
+    processes: int = 64
+    file_mb: int = 64
+    """The largest file the program may write, and the size of its writable work dir."""
+    output_bytes: int = 1 << 20
+    """Cap on stdout and on stderr, each; more is `output_exceeded`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One program run: `argv` in a fresh work dir holding `files`, fed `stdin`."""
+
+    argv: tuple[str, ...]
+    files: Mapping[str, str | bytes] = field(default_factory=dict)
+    stdin: bytes = b""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What the program did. The sandbox's own failures raise `SandboxError` instead."""
+
+    exit_code: int | None
+    """The program's exit status; `None` when it was killed by a signal."""
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    time_s: float
+    timed_out: bool = False
+    """Killed at the wall-clock deadline or by the CPU limit."""
+    output_exceeded: bool = False
+    """Printed more than `Limits.output_bytes` on stdout or stderr."""
+    file_exceeded: bool = False
+    """Tried to write a file larger than `Limits.file_mb`, or filled its work dir."""
+    oom_killed: bool = False
+    """Killed by a memory limit that the sandbox can observe (cgroups, containers)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not (
+            self.timed_out or self.output_exceeded or self.file_exceeded or self.oom_killed
+        )
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+
+class Sandbox(Protocol):
+    """Runs jobs isolated: no network, its own filesystem view, limits, nothing left behind."""
+
+    name: str
+
+    async def run(self, job: Job) -> RunResult:
+        """Run one job. Raises `SandboxUnavailable` or `SandboxError` if the sandbox fails."""
+        ...
+
+    def unavailable_reason(self) -> str | None:
+        """`None` when the sandbox can take untrusted work; else why not."""
+        ...
+
+    def has_tool(self, tool: str) -> bool:
+        """Whether a program of that name can be started inside the sandbox."""
+        ...
+
+    async def close(self) -> None:
+        """Stop whatever the sandbox keeps running."""
+        ...

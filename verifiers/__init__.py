@@ -1,0 +1,12 @@
+"""The domain: what each verifier checks and how it turns a run into a reward."""
+
+from __future__ import annotations
+
+from assay.verifiers.base import Status, Verdict, Verifier
+from assay.verifiers.code import CodeVerifier
+from assay.verifiers.extract import ExtractError, extract
+
+VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier,)}
+"""Every verifier this version knows, by name."""
+
+__all__ = ["VERIFIERS", "CodeVerifier", "ExtractError", "Status", "Verdict", "Verifier", "extract"]

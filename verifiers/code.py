@@ -1,0 +1,178 @@
+"""The `code` verifier: programs judged by running their tests in the sandbox.
+
+Two kinds of test (API.md, code spec):
+- `tests`: each test runs the program on its `stdin`, and its stdout must match
+  `expected_stdout` under `compare` (the convention of competitive-programming RL sets such as
+  APPS, CodeContests, TACO).
+- `test_code`: the test code is appended to the program and the whole must exit 0
+  (HumanEval, MBPP, MultiPL-E).
+
+Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
+passed (tests not run after a stop count as failed). The status is that of the first failing
+test. Every run has the spec's time and memory limits, enforced by the sandbox from outside.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from assay.clients.schema import CodeSpec
+from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
+from assay.sandboxes.languages import Language, languages
+from assay.verifiers.base import Status, Verdict, clip
+from assay.verifiers.compare import outputs_match
+
+# libc's words for a write past RLIMIT_FSIZE or a full work dir, whatever the language.
+_FILE_LIMIT = re.compile(r"File too large|No space left on device|EFBIG|ENOSPC")
+_SHOWN = 300  # characters of expected/actual output shown in feedback
+_TAIL_LINES = 8  # lines of an error shown in feedback
+OUTPUT_BYTES = 1 << 20
+FILE_MB = 32
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
+
+
+def _tail(raw: bytes) -> str:
+    lines = raw.decode(errors="replace").rstrip().splitlines()
+    return "\n".join(lines[-_TAIL_LINES:])
+
+
+def _matches(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
+    return any(p.search(text) for p in patterns)
+
+
+def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status, str]:
+    """A run's status apart from its output, and why: `PASSED` means it ran to exit 0."""
+    stderr = run.stderr.decode(errors="replace")
+    if run.timed_out:
+        return Status.TIMEOUT, f"time limit exceeded ({limits.wall_s:g} s)"
+    if run.output_exceeded:
+        return Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.output_bytes} bytes)"
+    if run.file_exceeded or (run.exit_code != 0 and _FILE_LIMIT.search(stderr)):
+        return Status.OUTPUT_LIMIT, f"file size limit exceeded ({limits.file_mb} MB)"
+    if run.oom_killed or (run.exit_code != 0 and _matches(language.memory_error, stderr)):
+        return Status.MEMORY_LIMIT, f"memory limit exceeded ({limits.memory_mb} MB)"
+    if run.exit_code == 0:
+        return Status.PASSED, ""
+    if _matches(language.compile_error, stderr):
+        return Status.COMPILE_ERROR, _tail(run.stderr)
+    how = f"killed by {run.signal_name}" if run.signal else f"exit status {run.exit_code}"
+    tail = _tail(run.stderr)
+    return Status.RUNTIME_ERROR, f"{how}\n{tail}" if tail else how
+
+
+class CodeVerifier:
+    """Runs programs against I/O tests or appended test code."""
+
+    name: ClassVar[str] = "code"
+    spec_model: ClassVar[type[CodeSpec]] = CodeSpec
+
+    def __init__(self, table: dict[str, Language] | None = None) -> None:
+        self.languages = table if table is not None else languages()
+
+    def fences(self, spec: CodeSpec) -> tuple[str, ...]:
+        language = self.languages.get(spec.language)
+        return language.fences if language else (spec.language,)
+
+    def deadline_s(self, spec: CodeSpec) -> float:
+        runs = len(spec.tests) if spec.tests is not None else 1
+        # Per run: the limit, plus the sandbox's start and teardown.
+        return runs * (spec.time_limit_s + 2.0) + 5.0
+
+    def check(self, spec: CodeSpec, sandbox: Sandbox) -> str | None:
+        language = self.languages.get(spec.language)
+        if language is None:
+            known = ", ".join(sorted(self.languages))
+            return f"language {spec.language!r} is not in this deployment's table ({known})"
+        missing = [tool for tool in language.tools if not sandbox.has_tool(tool)]
+        if missing:
+            return f"{spec.language}: toolchain missing in the sandbox: {', '.join(missing)}"
+        return sandbox.unavailable_reason()
+
+    def facts(self, sandbox: Sandbox) -> dict[str, Any]:
+        return {
+            "languages": {
+                name: {
+                    "available": all(sandbox.has_tool(t) for t in lang.tools),
+                    "tools": list(lang.tools),
+                }
+                for name, lang in sorted(self.languages.items())
+            }
+        }
+
+    def _limits(self, spec: CodeSpec) -> Limits:
+        return Limits(
+            wall_s=spec.time_limit_s,
+            memory_mb=spec.memory_mb,
+            file_mb=FILE_MB,
+            output_bytes=OUTPUT_BYTES,
+        )
+
+    async def verify(self, payload: str, spec: CodeSpec, sandbox: Sandbox) -> Verdict:
+        language = self.languages[spec.language]
+        limits = self._limits(spec)
+        if spec.test_code is not None:
+            return await self._run_test_code(payload, spec, language, limits, sandbox)
+        return await self._run_io_tests(payload, spec, language, limits, sandbox)
+
+    async def _run_test_code(
+        self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
+    ) -> Verdict:
+        assert spec.test_code is not None
+        program = payload.rstrip("\n") + language.test_code_join + spec.test_code
+        job = Job(argv=language.run, files={language.file: program}, limits=limits)
+        run = await sandbox.run(job)
+        status, why = classify(run, language, limits)
+        detail = {"passed": status is Status.PASSED, "time_ms": round(run.time_s * 1000, 1)}
+        details: dict[str, Any] = {"tests": [detail]}
+        if status is Status.PASSED:
+            return Verdict(Status.PASSED, 1.0, "test code passed", details)
+        stderr = run.stderr.decode(errors="replace")
+        if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
+            status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
+        detail["status"] = status.value
+        return Verdict(status, 0.0, clip(why), details)
+
+    async def _run_io_tests(
+        self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
+    ) -> Verdict:
+        assert spec.tests is not None
+        total = len(spec.tests)
+        results: list[dict[str, Any]] = []
+        first_failure: tuple[Status, str] | None = None
+        for number, test in enumerate(spec.tests, start=1):
+            job = Job(
+                argv=language.run,
+                files={language.file: payload},
+                stdin=test.stdin.encode(),
+                limits=limits,
+            )
+            run = await sandbox.run(job)
+            status, why = classify(run, language, limits)
+            if status is Status.PASSED:
+                actual = run.stdout.decode(errors="replace")
+                if not outputs_match(actual, test.expected_stdout, spec.compare, spec.float_tol):
+                    status = Status.FAILED
+                    why = (
+                        f"wrong answer\ninput: {_show(test.stdin)}\n"
+                        f"expected: {_show(test.expected_stdout)}\nactual: {_show(actual)}"
+                    )
+            passed = status is Status.PASSED
+            entry: dict[str, Any] = {"passed": passed, "time_ms": round(run.time_s * 1000, 1)}
+            if not passed:
+                entry["status"] = status.value
+            results.append(entry)
+            if not passed and first_failure is None:
+                first_failure = (status, f"test {number}/{total}: {why}")
+                if spec.stops_on_fail or status is Status.COMPILE_ERROR:
+                    break
+        n_passed = sum(r["passed"] for r in results)
+        details = {"tests": results, "passed": n_passed, "total": total}
+        if first_failure is None:
+            return Verdict(Status.PASSED, 1.0, f"{total}/{total} tests passed", details)
+        reward = n_passed / total if spec.partial_credit else 0.0
+        status, why = first_failure
+        return Verdict(status, reward, clip(f"{n_passed}/{total} tests passed; {why}"), details)
