@@ -93,6 +93,7 @@ def _symlink_or_bind(path: str) -> list[str]:
 class LocalSandbox:
     """Runs jobs on this machine, in bubblewrap (`isolation="bwrap"`, the default).
 
+    `bwrap` names the bubblewrap program (`None`: act as if it were missing).
     `isolation="unsandboxed"` runs programs bare, with only rlimits, a temporary work dir and a
     process-group kill: an operator's explicit choice for machines without bubblewrap, never a
     fallback.
@@ -108,6 +109,7 @@ class LocalSandbox:
         uid_base: int = 61000,
         uid_count: int = 1000,
         lock_dir: Path | None = None,
+        bwrap: str | None = "bwrap",
     ) -> None:
         self.isolation = isolation
         self.max_jobs = max_jobs or 2 * (os.cpu_count() or 1)
@@ -115,7 +117,7 @@ class LocalSandbox:
         self._as_root = os.geteuid() == 0
         lock_dir = lock_dir or Path(tempfile.gettempdir()) / "assay-sandbox-uids"
         self._uids = UidPool(uid_base, uid_count, lock_dir) if self._as_root else None
-        self._bwrap = shutil.which("bwrap")
+        self._bwrap = shutil.which(bwrap) if bwrap else None
         self._prlimit = shutil.which("prlimit")
         self._probe: str | None | Literal[False] = False  # False: not probed yet
         if isolation == "unsandboxed":
@@ -183,8 +185,9 @@ class LocalSandbox:
         cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
-        # bwrap and its pid-1 reaper count against the process limit too.
-        nproc = limits.processes + 3
+        # bwrap and its pid-1 reaper count against the process limit too; `processes` is what
+        # the program itself may have, itself included.
+        nproc = limits.processes + 2
         return [
             self._prlimit,
             f"--cpu={cpu}:{cpu + 1}",
@@ -209,7 +212,9 @@ class LocalSandbox:
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
-        args += ["--chdir", WORK_DIR, "--clearenv"]
+        # The root bwrap builds is a tmpfs of its own: make it read-only, so that only the two
+        # sized tmpfs mounts can be written.
+        args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
         for key, value in _sandbox_env(WORK_DIR).items():
             args += ["--setenv", key, value]
         return [*args, "--", *job.argv]
@@ -335,7 +340,7 @@ async def _execute(
         kill()
         for task in (out, err, fed):
             task.cancel()
-        await asyncio.shield(proc.wait())
+        await asyncio.shield(_reap(proc))
         if uid is not None and cwd is not None:
             await _kill_uid(uid)
     elapsed = time.monotonic() - started
@@ -360,6 +365,18 @@ async def _execute(
         output_exceeded=exceeded,
         file_exceeded=sig == signal.SIGXFSZ,
     )
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed job and read its pipes to the end, so that they close."""
+    await proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is None:
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while await stream.read(_CHUNK):
+                    pass
 
 
 async def _kill_uid(uid: int) -> None:

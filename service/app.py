@@ -19,7 +19,7 @@ from assay.clients.schema import (
     VerifiersResponse,
 )
 from assay.sandboxes.local import LocalSandbox
-from assay.service.engine import Engine
+from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
 
@@ -83,24 +83,28 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
+    """The Engine and sandbox that `settings` describe."""
+    sandbox = LocalSandbox(
+        isolation="unsandboxed" if settings.sandbox == "unsandboxed" else "bwrap",
+        max_jobs=settings.sandbox_jobs,
+        uid_base=settings.sandbox_uid_base,
+        uid_count=settings.sandbox_uid_count,
+    )
+    return Engine(
+        sandbox,
+        concurrency=settings.concurrency,
+        default_concurrency=settings.default_concurrency,
+        cache_entries=settings.cache_entries,
+        max_item_s=settings.max_item_s,
+        observer=observer,
+    )
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    if engine is None:
-        sandbox = LocalSandbox(
-            isolation="unsandboxed" if settings.sandbox == "unsandboxed" else "bwrap",
-            max_jobs=settings.sandbox_jobs,
-            uid_base=settings.sandbox_uid_base,
-            uid_count=settings.sandbox_uid_count,
-        )
-        engine = Engine(
-            sandbox,
-            concurrency=settings.concurrency,
-            default_concurrency=settings.default_concurrency,
-            cache_entries=settings.cache_entries,
-            max_item_s=settings.max_item_s,
-            observer=metrics,
-        )
+    engine = engine or build_engine(settings, observer=metrics)
     state = {"draining": False}
 
     @asynccontextmanager
@@ -223,4 +227,4 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-__all__ = ["app_from_env", "create_app"]
+__all__ = ["app_from_env", "build_engine", "create_app"]

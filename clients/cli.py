@@ -1,0 +1,297 @@
+"""The `assay` command: serve, score JSONL files, list verifiers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from assay.clients.client import DEFAULT_URL, AssayClient, AssayError, AsyncAssayClient
+from assay.clients.progress import Progress
+from assay.clients.schema import ScoreItem, ScoreResult
+
+SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
+
+
+def _need_server() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"assay: {SERVER_EXTRA} ({exc.name} is missing)") from exc
+
+
+# -- reading the input ---------------------------------------------------------------------
+
+
+def read_items(lines: Sequence[str]) -> list[ScoreItem | ScoreResult]:
+    """Each non-blank line as an item, or as a ready result saying what is wrong with it."""
+    out: list[ScoreItem | ScoreResult] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.append(_bad_line(number, None, f"not valid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        if not isinstance(raw, dict):
+            out.append(_bad_line(number, None, "not a JSON object"))
+            continue
+        try:
+            out.append(ScoreItem.model_validate(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in exc.errors()
+            )
+            ident = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+            out.append(_bad_line(number, ident, problems))
+    return out
+
+
+def _bad_line(number: int, ident: str | int | None, problem: str) -> ScoreResult:
+    return ScoreResult(
+        id=ident,
+        reward=None,
+        status="invalid_spec",
+        feedback=f"input line {number}: {problem}",
+        details={"line": number},
+    )
+
+
+# -- scoring -------------------------------------------------------------------------------
+
+
+async def _local_results(
+    items: list[ScoreItem], concurrency: int | None
+) -> AsyncIterator[tuple[int, ScoreResult]]:
+    from assay.service.app import build_engine
+    from assay.service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if concurrency:
+        overrides = {"default_concurrency": concurrency, "sandbox_jobs": concurrency}
+    engine = build_engine(Settings(**overrides))
+    reason = await engine.sandbox.check()  # type: ignore[attr-defined]
+    if reason:
+        print(f"assay: warning: {reason}", file=sys.stderr)
+    try:
+        async for pair in engine.stream(items):
+            yield pair
+    finally:
+        await engine.close()
+
+
+async def _remote_results(
+    items: list[ScoreItem], url: str, api_key: str | None, concurrency: int, batch_size: int
+) -> AsyncIterator[tuple[int, ScoreResult]]:
+    queue: asyncio.Queue[tuple[int, ScoreResult] | BaseException] = asyncio.Queue()
+    gate = asyncio.Semaphore(concurrency)
+
+    async with AsyncAssayClient(url, api_key=api_key) as client:
+
+        async def batch(start: int) -> None:
+            async with gate:
+                chunk = items[start : start + batch_size]
+                try:
+                    async for line in client.score_stream(chunk):
+                        result = ScoreResult.model_validate(line.model_dump(exclude={"index"}))
+                        await queue.put((start + line.index, result))
+                except BaseException as exc:
+                    await queue.put(exc)
+
+        tasks = [asyncio.ensure_future(batch(s)) for s in range(0, len(items), batch_size)]
+        try:
+            for _ in range(len(items)):
+                got = await queue.get()
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def score_file(
+    source: TextIO,
+    sink: TextIO,
+    *,
+    url: str | None,
+    api_key: str | None,
+    concurrency: int | None,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> Progress:
+    """Score every line of `source` into `sink`, in order, writing each result as soon as every
+    result before it is written (an interrupted run leaves a valid prefix)."""
+    rows = read_items(source.read().splitlines())
+    progress = progress or Progress(len(rows))
+    progress.total = len(rows)
+    for row in rows:
+        if isinstance(row, ScoreResult):
+            print(f"assay: {row.feedback}", file=sys.stderr)
+    positions = [i for i, row in enumerate(rows) if isinstance(row, ScoreItem)]
+    items = [row for row in rows if isinstance(row, ScoreItem)]
+    done: dict[int, ScoreResult] = {
+        i: row for i, row in enumerate(rows) if isinstance(row, ScoreResult)
+    }
+    progress.input_errors = len(done)
+    for result in done.values():
+        progress.update(result.status, result.reward)
+    next_out = 0
+
+    def flush() -> None:
+        nonlocal next_out
+        while next_out in done:
+            sink.write(done.pop(next_out).model_dump_json() + "\n")
+            next_out += 1
+        sink.flush()
+
+    flush()
+    if url:
+        results = _remote_results(items, url, api_key, concurrency or 4, batch_size)
+    else:
+        results = _local_results(items, concurrency)
+    async for index, result in results:
+        done[positions[index]] = result
+        progress.update(result.status, result.reward, result.cached)
+        flush()
+    return progress
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    if not args.url:
+        _need_server()
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    out_path = Path(args.output) if args.output and args.output != "-" else None
+    sink = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout  # noqa: SIM115
+    progress = Progress(0, enabled=not args.quiet)
+    try:
+        asyncio.run(
+            score_file(
+                source,
+                sink,
+                url=args.url,
+                api_key=args.api_key,
+                concurrency=args.concurrency,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+        )
+    except AssayError as exc:
+        print(f"\nassay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nassay: interrupted; {progress.done} results written", file=sys.stderr)
+        return 130
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        if sink is not sys.stdout:
+            sink.close()
+    print(progress.summary(), file=sys.stderr)
+    if progress.input_errors:
+        print(
+            f"assay: {progress.input_errors} input lines could not be read; their results say why",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _need_server()
+    import uvicorn
+
+    uvicorn.run(
+        "assay.service.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _cmd_verifiers(args: argparse.Namespace) -> int:
+    if args.url:
+        with AssayClient(args.url, api_key=args.api_key) as client:
+            rows = [v.model_dump() for v in client.verifiers()]
+    else:
+        _need_server()
+        from assay.service.app import build_engine
+        from assay.service.settings import Settings
+
+        engine = build_engine(Settings())
+
+        async def describe() -> list[dict[str, Any]]:
+            await engine.sandbox.check()  # type: ignore[attr-defined]
+            return await engine.describe()
+
+        rows = asyncio.run(describe())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        state = "available" if row["available"] else f"unavailable: {row['reason']}"
+        print(f"{row['name']}: {state}")
+        for name, lang in row["facts"].get("languages", {}).items():
+            mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
+            print(f"  {name}: {mark}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="assay", description="Sandboxed verifiers and rewards for RL with verifiable rewards."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the reward service (settings: ASSAY_* variables)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_cmd_serve)
+
+    score = sub.add_parser("score", help="score a JSONL file of items into a JSONL of results")
+    score.add_argument("input", help="JSONL file of request items ('-' for stdin)")
+    score.add_argument("-o", "--output", help="JSONL file for the results (default stdout)")
+    score.add_argument("--url", help="score through this server instead of in-process")
+    score.add_argument("--api-key", default=os.environ.get("ASSAY_CLIENT_API_KEY"))
+    score.add_argument(
+        "--concurrency", type=int, default=None,
+        help="in-process: items judged at once (default 2 × cores); "
+        "with --url: requests in flight (default 4)",
+    )
+    score.add_argument("--batch-size", type=int, default=256, help="items per request (--url)")
+    score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(func=_cmd_score)
+
+    verifiers = sub.add_parser("verifiers", help="what this deployment can verify")
+    verifiers.add_argument("--url", help="ask this server instead of looking here")
+    verifiers.add_argument("--api-key", default=os.environ.get("ASSAY_CLIENT_API_KEY"))
+    verifiers.add_argument("--json", action="store_true")
+    verifiers.set_defaults(func=_cmd_verifiers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The sandbox contract, table-driven: hostile programs on every real backend.
+
+Each program must end with the right status within its deadline, and leave no process and no
+file behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from assay.sandboxes import Job, Limits, LocalSandbox, RunResult, languages
+from assay.verifiers.base import Status
+from assay.verifiers.code import classify
+from tests.conftest import needs_bwrap
+
+PYTHON = languages()["python"]
+LIMITS = Limits(wall_s=2.0, memory_mb=256, processes=32, file_mb=8, output_bytes=64 << 10)
+SLACK_S = 5.0  # sandbox start and teardown on a loaded 2-core machine
+
+
+@dataclass(frozen=True)
+class Hostile:
+    name: str
+    code: str
+    status: Status
+    stdout: bytes | None = None  # what it must (not) have printed, when it matters
+
+
+HOSTILE = [
+    Hostile("loops_forever", "while True:\n    pass\n", Status.TIMEOUT),
+    Hostile("sleeps_past_deadline", "import time\ntime.sleep(60)\n", Status.TIMEOUT),
+    Hostile(
+        "fork_bomb",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        Status.TIMEOUT,
+    ),
+    Hostile("allocates_too_much", "x = bytearray(4 * 1024**3)\nprint('allocated')\n",
+            Status.MEMORY_LIMIT, b""),
+    Hostile("prints_forever", "while True:\n    print('x' * 1000)\n", Status.OUTPUT_LIMIT),
+    Hostile(
+        "huge_file",
+        "with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))\n",
+        Status.OUTPUT_LIMIT,
+    ),
+    Hostile(
+        "huge_file_in_tmp",
+        "with open('/tmp/big', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))\n",
+        Status.OUTPUT_LIMIT,
+    ),
+    Hostile(
+        "opens_network_connection",
+        "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
+        "    print('connected')\nexcept OSError as e:\n    print('blocked')\n",
+        Status.PASSED, b"blocked\n",
+    ),
+    Hostile(
+        "connects_to_host_loopback",
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 22), timeout=2)\n"
+        "    print('connected')\nexcept OSError as e:\n    print('blocked')\n",
+        Status.PASSED, b"blocked\n",
+    ),
+    Hostile(
+        "reads_host_home_and_env",
+        "import os\nseen = []\nfor p in ['/root', '/home', '/work/main', '/srv', '/opt', '/var']:\n"
+        "    try:\n        seen += [p + '/' + n for n in os.listdir(p)]\n    except OSError:\n"
+        "        pass\n"
+        "extra = [k for k in os.environ if k not in ('PATH', 'HOME', 'TMPDIR', 'LANG', 'PWD', "
+        "'LC_CTYPE')]\nprint(seen, extra, sorted(os.listdir('/')))\n",
+        Status.PASSED,
+        b"[] [] ['bin', 'dev', 'etc', 'lib', 'lib64', 'proc', 'sbin', 'tmp', 'usr', 'work']\n",
+    ),
+    Hostile(
+        "writes_to_system",
+        "import os\nfor p in ['/usr/evil', '/etc/evil', '/evil']:\n    try:\n"
+        "        open(p, 'w').write('x')\n        print('wrote', p)\n    except OSError:\n"
+        "        pass\nprint('done')\n",
+        Status.PASSED, b"done\n",
+    ),
+    Hostile(
+        "kills_every_process",
+        "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
+        "print('alive')\n",
+        Status.PASSED, b"alive\n",
+    ),
+    Hostile(
+        "kills_its_parent",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('alive')\n",
+        Status.PASSED, b"alive\n",
+    ),
+    Hostile(
+        "leaves_background_child",
+        "import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        "subprocess.Popen(['python3', '-c', 'import time\\nwhile True: time.sleep(1)'])\n"
+        "print('bye')\n",
+        Status.PASSED, b"bye\n",
+    ),
+    Hostile("crashes", "import os\nos.abort()\n", Status.RUNTIME_ERROR),
+]
+
+
+def _uids_running(base: int, count: int) -> list[str]:
+    """Live (non-zombie) processes owned by the sandbox uid range."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uid = int(fields["Uid"].split()[1])
+        if base <= uid < base + count and not fields["State"].strip().startswith("Z"):
+            found.append(f"{pid} {fields['Name'].strip()}")
+    return found
+
+
+async def _gone(base: int, count: int, grace_s: float = 3.0) -> list[str]:
+    """Processes of the uid range still alive after a grace for the kernel's teardown (a killed
+    bwrap's pid namespace dies a few milliseconds after it)."""
+    deadline = time.monotonic() + grace_s
+    while (left := _uids_running(base, count)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return left
+
+
+@pytest.fixture(params=["bwrap"])
+async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    """Every backend that runs here; the Docker backend joins this list."""
+    box = LocalSandbox(uid_base=62000, uid_count=50, lock_dir=tmp_path / "uids")
+    yield box
+    await box.close()
+
+
+@needs_bwrap
+@pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
+async def test_hostile_program(sandbox: LocalSandbox, case: Hostile) -> None:
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    run: RunResult = await sandbox.run(
+        Job(argv=PYTHON.run, files={PYTHON.file: case.code}, limits=LIMITS)
+    )
+    status, why = classify(run, PYTHON, LIMITS)
+    assert status is case.status, (why, run)
+    if case.stdout is not None:
+        assert run.stdout == case.stdout
+    assert run.time_s < LIMITS.wall_s + SLACK_S
+    if os.geteuid() == 0:
+        assert await _gone(62000, 50) == []
+    assert set(os.listdir(tempfile.gettempdir())) - tmp_before == set()
+
+
+@needs_bwrap
+async def test_stdin_and_files_reach_the_program(sandbox: LocalSandbox) -> None:
+    code = "import sys\nprint(sys.stdin.read().upper(), open('data.txt').read())\n"
+    run = await sandbox.run(
+        Job(argv=PYTHON.run, files={PYTHON.file: code, "data.txt": b"file"}, stdin=b"abc")
+    )
+    assert run.ok
+    assert run.stdout == b"ABC file\n"
+
+
+@needs_bwrap
+async def test_process_limit_holds_per_job(sandbox: LocalSandbox) -> None:
+    code = (
+        "import os, time\nn = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(5)\n            os._exit(0)\n        n += 1\n    except OSError:\n"
+        "        break\nprint(n)\n"
+    )
+    run = await sandbox.run(Job(argv=PYTHON.run, files={PYTHON.file: code}, limits=LIMITS))
+    if os.geteuid() != 0:
+        pytest.skip("per-job process limits need root (a uid per job)")
+    assert run.exit_code == 0
+    assert int(run.stdout) < LIMITS.processes
+
+
+async def test_missing_bwrap_refuses_work(tmp_path: Path) -> None:
+    from assay.sandboxes import SandboxUnavailable
+
+    box = LocalSandbox(bwrap=None, lock_dir=tmp_path)
+    reason = box.unavailable_reason()
+    assert reason is not None
+    assert "bubblewrap" in reason
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        await box.run(Job(argv=("true",)))
+
+
+async def test_unsandboxed_mode_runs_only_when_chosen(tmp_path: Path) -> None:
+    box = LocalSandbox(isolation="unsandboxed", bwrap=None, lock_dir=tmp_path)
+    assert box.unavailable_reason() is None
+    run = await box.run(Job(argv=PYTHON.run, files={PYTHON.file: "print(6 * 7)"}))
+    assert run.stdout == b"42\n"
+    slow = await box.run(
+        Job(argv=PYTHON.run, files={PYTHON.file: "import time\ntime.sleep(30)"},
+            limits=Limits(wall_s=0.5))
+    )
+    assert slow.timed_out
