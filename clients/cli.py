@@ -90,12 +90,17 @@ async def _local_results(
 
 
 async def _remote_results(
-    items: list[ScoreItem], url: str, api_key: str | None, concurrency: int, batch_size: int
+    items: list[ScoreItem],
+    url: str,
+    api_key: str | None,
+    concurrency: int,
+    batch_size: int,
+    retries: int = 5,
 ) -> AsyncIterator[tuple[int, ScoreResult]]:
     queue: asyncio.Queue[tuple[int, ScoreResult] | BaseException] = asyncio.Queue()
     gate = asyncio.Semaphore(concurrency)
 
-    async with AsyncAssayClient(url, api_key=api_key) as client:
+    async with AsyncAssayClient(url, api_key=api_key, retries=retries) as client:
 
         async def batch(start: int) -> None:
             async with gate:
@@ -128,6 +133,7 @@ async def score_file(
     api_key: str | None,
     concurrency: int | None,
     batch_size: int,
+    retries: int = 5,
     progress: Progress | None = None,
 ) -> Progress:
     """Score every line of `source` into `sink`, in order, writing each result as soon as every
@@ -157,7 +163,7 @@ async def score_file(
 
     flush()
     if url:
-        results = _remote_results(items, url, api_key, concurrency or 4, batch_size)
+        results = _remote_results(items, url, api_key, concurrency or 4, batch_size, retries)
     else:
         results = _local_results(items, concurrency)
     async for index, result in results:
@@ -186,6 +192,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 api_key=args.api_key,
                 concurrency=args.concurrency,
                 batch_size=args.batch_size,
+                retries=args.retries,
                 progress=progress,
             )
         )
@@ -277,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
         "with --url: requests in flight (default 4)",
     )
     score.add_argument("--batch-size", type=int, default=256, help="items per request (--url)")
+    score.add_argument(
+        "--retries", type=int, default=5,
+        help="retries of a request refused with 429/503 or not connected (--url)",
+    )
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=_cmd_score)
 
