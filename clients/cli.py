@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from assay.clients.client import DEFAULT_URL, AssayClient, AssayError, AsyncAssayClient
+from assay.clients.client import AssayClient, AsyncAssayClient
 from assay.clients.progress import Progress
-from assay.clients.schema import ScoreItem, ScoreResult
+from assay.clients.schema import AssayError, ScoreItem, ScoreResult
 
 SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
 
@@ -279,13 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--url", help="score through this server instead of in-process")
     score.add_argument("--api-key", default=os.environ.get("ASSAY_CLIENT_API_KEY"))
     score.add_argument(
-        "--concurrency", type=int, default=None,
+        "--concurrency",
+        type=int,
+        default=None,
         help="in-process: items judged at once (default 2 × cores); "
         "with --url: requests in flight (default 4)",
     )
     score.add_argument("--batch-size", type=int, default=256, help="items per request (--url)")
     score.add_argument(
-        "--retries", type=int, default=5,
+        "--retries",
+        type=int,
+        default=5,
         help="retries of a request refused with 429/503 or not connected (--url)",
     )
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -68,7 +68,7 @@ def _wait_s(response: httpx.Response | None, attempt: int) -> float:
         after = response.headers.get("retry-after", "")
         if after.isdigit():
             return float(after)
-    return min(30.0, 0.5 * 2**attempt)
+    return min(30.0, 0.5 * 2.0**attempt)
 
 
 class AssayClient:

@@ -27,7 +27,9 @@ class Progress:
         if reward is not None:
             self.rewards.append(reward)
         now = time.monotonic()
-        if self.enabled and (self.done == self.total or now - self._last >= (0.1 if self.tty else 5)):
+        if self.enabled and (
+            self.done == self.total or now - self._last >= (0.1 if self.tty else 5)
+        ):
             self._last = now
             self._draw(now)
 

@@ -23,7 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -153,9 +153,13 @@ class LocalSandbox:
         except SandboxError as exc:
             self._probe = f"the sandbox does not start here: {exc}"
         else:
-            self._probe = None if result.exit_code == 0 else (
-                "the sandbox does not start here: "
-                + result.stderr.decode(errors="replace").strip()[-500:]
+            self._probe = (
+                None
+                if result.exit_code == 0
+                else (
+                    "the sandbox does not start here: "
+                    + result.stderr.decode(errors="replace").strip()[-500:]
+                )
             )
         return self._probe
 
@@ -225,7 +229,10 @@ class LocalSandbox:
                 raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
         with contextlib.ExitStack() as stack:
             if self.isolation == "bwrap":
-                fds = {name: stack.enter_context(_memfd(name, data)) for name, data in job.files.items()}
+                fds = {
+                    name: stack.enter_context(_memfd(name, data))
+                    for name, data in job.files.items()
+                }
                 argv = self._prlimit_args(job.limits) + self._bwrap_args(job, fds)
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
@@ -256,14 +263,13 @@ def _memfd(name: str, data: str | bytes) -> Iterator[int]:
         os.close(fd)
 
 
-def _write_files(workdir: Path, files: dict[str, str | bytes] | object, uid: int | None) -> None:
-    assert isinstance(files, dict) or hasattr(files, "items")
-    for name, data in files.items():  # type: ignore[attr-defined]
+def _write_files(workdir: Path, files: Mapping[str, str | bytes], uid: int | None) -> None:
+    for name, data in files.items():
         path = workdir / name
         path.write_bytes(data.encode() if isinstance(data, str) else data)
     if uid is not None:
         os.chown(workdir, uid, uid)
-        for name in files:  # type: ignore[attr-defined]
+        for name in files:
             os.chown(workdir / name, uid, uid)
 
 

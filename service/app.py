@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     retry = {"Retry-After": str(settings.retry_after_s)}
 
     def authorize(request: Request) -> None:
@@ -190,13 +190,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.get(
-        "/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)]
-    )
+    @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
     async def verifiers() -> VerifiersResponse:
-        return VerifiersResponse(
-            verifiers=[VerifierInfo(**row) for row in await engine.describe()]
-        )
+        return VerifiersResponse(verifiers=[VerifierInfo(**row) for row in await engine.describe()])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -223,7 +219,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 def app_from_env() -> FastAPI:
     """The factory `assay serve` hands to uvicorn: settings from `ASSAY_*` variables."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return create_app(Settings())
 
 

@@ -135,7 +135,8 @@ class Engine:
         except Exception as exc:  # one item never fails the batch
             log.exception("internal error while judging an item")
             return Verdict.unjudged(
-                Status.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}",
+                Status.INTERNAL_ERROR,
+                f"internal error: {type(exc).__name__}: {exc}",
                 retryable=True,
             )
 
@@ -170,7 +171,8 @@ class Engine:
             except Exception as exc:  # a bug in preparing; still only this item's problem
                 log.exception("internal error while preparing an item")
                 verdict = Verdict.unjudged(
-                    Status.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}",
+                    Status.INTERNAL_ERROR,
+                    f"internal error: {type(exc).__name__}: {exc}",
                     retryable=False,
                 )
             elapsed = time.monotonic() - t0

@@ -13,24 +13,33 @@ class Metrics(Observer):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.items = Counter(
-            "assay_items", "Items judged, by verifier and status.", ["verifier", "status"],
+            "assay_items",
+            "Items judged, by verifier and status.",
+            ["verifier", "status"],
             registry=self.registry,
         )
         self.cached = Counter(
-            "assay_items_cached", "Items answered from the cache or a twin in the batch.",
-            ["verifier"], registry=self.registry,
+            "assay_items_cached",
+            "Items answered from the cache or a twin in the batch.",
+            ["verifier"],
+            registry=self.registry,
         )
         self.seconds = Histogram(
-            "assay_item_seconds", "Time from an item's arrival to its result.", ["verifier"],
+            "assay_item_seconds",
+            "Time from an item's arrival to its result.",
+            ["verifier"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
         self.requests = Counter(
-            "assay_requests", "Score requests, by endpoint and outcome.", ["endpoint", "code"],
+            "assay_requests",
+            "Score requests, by endpoint and outcome.",
+            ["endpoint", "code"],
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "assay_items_in_flight", "Items accepted and not yet finished.",
+            "assay_items_in_flight",
+            "Items accepted and not yet finished.",
             registry=self.registry,
         )
 

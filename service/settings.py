@@ -36,14 +36,16 @@ class Settings(BaseSettings):
         default_factory=dict, description="Items judged at once, per verifier name."
     )
     default_concurrency: int = Field(
-        default_factory=lambda: 2 * _cores(), ge=1,
+        default_factory=lambda: 2 * _cores(),
+        ge=1,
         description="Items judged at once for a verifier not named in `concurrency`.",
     )
     cache_entries: int = Field(default=100_000, ge=0, description="Result cache size.")
     max_items: int = Field(default=10_000, ge=1, description="Items per request (else 413).")
     max_body_bytes: int = Field(default=64 << 20, ge=1024, description="Body size (else 413).")
     max_pending_items: int = Field(
-        default=100_000, ge=1,
+        default=100_000,
+        ge=1,
         description="Items accepted but not finished, over all requests (else 429).",
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")

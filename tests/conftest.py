@@ -36,8 +36,16 @@ def start_server(**settings: str) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
     env.update({f"ASSAY_{k.upper()}": v for k, v in settings.items()})
     process = subprocess.Popen(
-        [sys.executable, "-m", "assay.clients.cli", "serve", "--port", str(port),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "assay.clients.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"

@@ -19,8 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (found,) = out.glob("assay-*.whl")
     return found
@@ -29,8 +40,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_venv(where: Path, requirement: str) -> Path:
     venv.create(where, with_pip=True)
     python = where / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", requirement],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return python
 
 
@@ -52,24 +67,42 @@ def test_bare_client_installs_without_server_dependencies(wheel: Path, tmp_path:
         "print(json.dumps({m: importlib.util.find_spec(m) is not None "
         "for m in ['httpx', 'pydantic', 'fastapi', 'uvicorn']}))\n"
     )
-    found = json.loads(subprocess.run([str(python), "-c", probe], check=True,
-                                      capture_output=True, text=True).stdout)
+    found = json.loads(
+        subprocess.run(
+            [str(python), "-c", probe], check=True, capture_output=True, text=True
+        ).stdout
+    )
     assert found == {"httpx": True, "pydantic": True, "fastapi": False, "uvicorn": False}
-    serve = subprocess.run([str(tmp_path / "venv" / "bin" / "assay"), "serve"],
-                           capture_output=True, text=True)
-    assert serve.returncode != 0 and "pip install 'assay[server]'" in serve.stderr
+    serve = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "assay"), "serve"], capture_output=True, text=True
+    )
+    assert serve.returncode != 0
+    assert "pip install 'assay[server]'" in serve.stderr
 
 
 @needs_bwrap
 def test_wheel_with_server_extra_scores(wheel: Path, tmp_path: Path) -> None:
     python = fresh_venv(tmp_path / "venv", f"assay[server] @ {wheel.as_uri()}")
-    item = {"verifier": "code", "completion": "print(int(input()) * 2)",
-            "spec": {"language": "python", "tests": [{"stdin": "21\n", "expected_stdout": "42"}]}}
-    done = subprocess.run([str(tmp_path / "venv" / "bin" / "assay"), "score", "-", "-q"],
-                          input=json.dumps(item), capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    item = {
+        "verifier": "code",
+        "completion": "print(int(input()) * 2)",
+        "spec": {"language": "python", "tests": [{"stdin": "21\n", "expected_stdout": "42"}]},
+    }
+    done = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "assay"), "score", "-", "-q"],
+        input=json.dumps(item),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "passed"
-    where = subprocess.run([str(python), "-c", "import assay.service; print(assay.service.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    where = subprocess.run(
+        [str(python), "-c", "import assay.service; print(assay.service.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert "site-packages" in where

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from assay.clients.schema import CodeSpec
 from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
 from assay.sandboxes.languages import Language, languages
@@ -68,7 +70,7 @@ class CodeVerifier:
     """Runs programs against I/O tests or appended test code."""
 
     name: ClassVar[str] = "code"
-    spec_model: ClassVar[type[CodeSpec]] = CodeSpec
+    spec_model: ClassVar[type[BaseModel]] = CodeSpec
 
     def __init__(self, table: dict[str, Language] | None = None) -> None:
         self.languages = table if table is not None else languages()
@@ -126,7 +128,10 @@ class CodeVerifier:
         job = Job(argv=language.run, files={language.file: program}, limits=limits)
         run = await sandbox.run(job)
         status, why = classify(run, language, limits)
-        detail = {"passed": status is Status.PASSED, "time_ms": round(run.time_s * 1000, 1)}
+        detail: dict[str, Any] = {
+            "passed": status is Status.PASSED,
+            "time_ms": round(run.time_s * 1000, 1),
+        }
         details: dict[str, Any] = {"tests": [detail]}
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)

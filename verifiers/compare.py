@@ -42,4 +42,6 @@ def outputs_match(actual: str, expected: str, mode: CompareMode, float_tol: floa
     got, want = actual.split(), expected.split()
     if mode == "tokens":
         return got == want
-    return len(got) == len(want) and all(_close(g, w, float_tol) for g, w in zip(got, want))
+    return len(got) == len(want) and all(
+        _close(g, w, float_tol) for g, w in zip(got, want, strict=True)
+    )

@@ -42,8 +42,12 @@ HOSTILE = [
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
         Status.TIMEOUT,
     ),
-    Hostile("allocates_too_much", "x = bytearray(4 * 1024**3)\nprint('allocated')\n",
-            Status.MEMORY_LIMIT, b""),
+    Hostile(
+        "allocates_too_much",
+        "x = bytearray(4 * 1024**3)\nprint('allocated')\n",
+        Status.MEMORY_LIMIT,
+        b"",
+    ),
     Hostile("prints_forever", "while True:\n    print('x' * 1000)\n", Status.OUTPUT_LIMIT),
     Hostile(
         "huge_file",
@@ -59,13 +63,15 @@ HOSTILE = [
         "opens_network_connection",
         "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n"
         "    print('connected')\nexcept OSError as e:\n    print('blocked')\n",
-        Status.PASSED, b"blocked\n",
+        Status.PASSED,
+        b"blocked\n",
     ),
     Hostile(
         "connects_to_host_loopback",
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 22), timeout=2)\n"
         "    print('connected')\nexcept OSError as e:\n    print('blocked')\n",
-        Status.PASSED, b"blocked\n",
+        Status.PASSED,
+        b"blocked\n",
     ),
     Hostile(
         "reads_host_home_and_env",
@@ -82,25 +88,29 @@ HOSTILE = [
         "import os\nfor p in ['/usr/evil', '/etc/evil', '/evil']:\n    try:\n"
         "        open(p, 'w').write('x')\n        print('wrote', p)\n    except OSError:\n"
         "        pass\nprint('done')\n",
-        Status.PASSED, b"done\n",
+        Status.PASSED,
+        b"done\n",
     ),
     Hostile(
         "kills_every_process",
         "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
         "print('alive')\n",
-        Status.PASSED, b"alive\n",
+        Status.PASSED,
+        b"alive\n",
     ),
     Hostile(
         "kills_its_parent",
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('alive')\n",
-        Status.PASSED, b"alive\n",
+        Status.PASSED,
+        b"alive\n",
     ),
     Hostile(
         "leaves_background_child",
         "import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
         "subprocess.Popen(['python3', '-c', 'import time\\nwhile True: time.sleep(1)'])\n"
         "print('bye')\n",
-        Status.PASSED, b"bye\n",
+        Status.PASSED,
+        b"bye\n",
     ),
     Hostile("crashes", "import os\nos.abort()\n", Status.RUNTIME_ERROR),
 ]
@@ -125,7 +135,7 @@ async def _gone(base: int, count: int, grace_s: float = 3.0) -> list[str]:
     """Processes of the uid range still alive after a grace for the kernel's teardown (a killed
     bwrap's pid namespace dies a few milliseconds after it)."""
     deadline = time.monotonic() + grace_s
-    while (left := _uids_running(base, count)) and time.monotonic() < deadline:
+    while (left := _uids_running(base, count)) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     return left
 
@@ -196,7 +206,10 @@ async def test_unsandboxed_mode_runs_only_when_chosen(tmp_path: Path) -> None:
     run = await box.run(Job(argv=PYTHON.run, files={PYTHON.file: "print(6 * 7)"}))
     assert run.stdout == b"42\n"
     slow = await box.run(
-        Job(argv=PYTHON.run, files={PYTHON.file: "import time\ntime.sleep(30)"},
-            limits=Limits(wall_s=0.5))
+        Job(
+            argv=PYTHON.run,
+            files={PYTHON.file: "import time\ntime.sleep(30)"},
+            limits=Limits(wall_s=0.5),
+        )
     )
     assert slow.timed_out

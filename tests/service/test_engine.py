@@ -92,16 +92,22 @@ def code_item(completion: str, id: str | None = None, **spec: Any) -> ScoreItem:
 async def test_identical_items_run_once_and_repeats_hit_the_cache(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox)
     right = "```python\nprint(3)\n```"
-    items = [code_item(right, "a"), code_item("print(4)", "b"), code_item(right, "c"),
-             # the same payload in other words is the same key
-             code_item("I think:\n```python\nprint(3)\n```\ndone", "d")]
+    items = [
+        code_item(right, "a"),
+        code_item("print(4)", "b"),
+        code_item(right, "c"),
+        # the same payload in other words is the same key
+        code_item("I think:\n```python\nprint(3)\n```\ndone", "d"),
+    ]
     results = await engine.score(items)
     assert [r.id for r in results] == ["a", "b", "c", "d"]
     assert [r.status for r in results] == ["passed", "failed", "passed", "passed"]
     assert sum(r.cached for r in results) == 2
     assert sandbox.runs == 2
     again = await engine.score([code_item("print(4)", "e")])
-    assert again[0].cached and again[0].status == "failed" and again[0].id == "e"
+    assert again[0].cached
+    assert again[0].status == "failed"
+    assert again[0].id == "e"
     assert sandbox.runs == 2
 
 
@@ -131,8 +137,11 @@ async def test_timeouts_are_not_cached(sandbox: CountingSandbox) -> None:
 
 async def test_one_exploding_item_fails_alone(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox)
-    items = [code_item("print(3)"), ScoreItem(verifier="explodes", completion="x"),
-             code_item("print(5)")]
+    items = [
+        code_item("print(3)"),
+        ScoreItem(verifier="explodes", completion="x"),
+        code_item("print(5)"),
+    ]
     results = await engine.score(items)
     assert [r.status for r in results] == ["passed", "internal_error", "failed"]
     assert results[1].reward is None
@@ -151,8 +160,12 @@ async def test_bad_items_get_their_own_status(sandbox: CountingSandbox) -> None:
     ]
     results = await engine.score(items)
     assert [(r.status, r.reward) for r in results] == [
-        ("unavailable", None), ("invalid_spec", None), ("unavailable", None),
-        ("format_error", 0.0), ("passed", 1.0)]
+        ("unavailable", None),
+        ("invalid_spec", None),
+        ("unavailable", None),
+        ("format_error", 0.0),
+        ("passed", 1.0),
+    ]
     assert "unknown verifier 'nope'" in results[0].feedback
     assert "exactly one of `tests` and `test_code`" in results[1].feedback
     assert sandbox.runs == 1
@@ -175,17 +188,29 @@ async def test_concurrency_limit_per_verifier(sandbox: CountingSandbox) -> None:
 
 async def test_results_keep_order_and_stream_by_completion(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox)
-    items = [code_item("import time\ntime.sleep(1)\nprint(3)", "slow"), code_item("print(3)", "fast")]
+    items = [
+        code_item("import time\ntime.sleep(1)\nprint(3)", "slow"),
+        code_item("print(3)", "fast"),
+    ]
     ordered = await engine.score(items)
     assert [r.id for r in ordered] == ["slow", "fast"]
-    streamed = [(i, r.id) async for i, r in engine.stream(
-        [code_item("import time\ntime.sleep(1)\nprint(2)", "slow2"), code_item("print(2)", "fast2")])]
+    streamed = [
+        (i, r.id)
+        async for i, r in engine.stream(
+            [
+                code_item("import time\ntime.sleep(1)\nprint(2)", "slow2"),
+                code_item("print(2)", "fast2"),
+            ]
+        )
+    ]
     assert streamed == [(1, "fast2"), (0, "slow2")]
 
 
 async def test_abandoned_stream_cancels_its_work(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox, concurrency={"code": 1})
-    stream = engine.stream([code_item(f"import time\ntime.sleep(0.2)\nprint({i})") for i in range(20)])
+    stream = engine.stream(
+        [code_item(f"import time\ntime.sleep(0.2)\nprint({i})") for i in range(20)]
+    )
     async for _ in stream:
         break
     await stream.aclose()  # type: ignore[attr-defined]

@@ -33,26 +33,36 @@ def test_results_in_order_with_ids(server: Server) -> None:
     assert response.status_code == 200
     results = response.json()["results"]
     assert [r["id"] for r in results] == [f"p{n}" for n in range(8)] + [17]
-    assert [r["status"] for r in results] == ["failed"] * 5 + ["passed"] + ["failed"] * 2 + ["passed"]
-    assert results[5]["reward"] == 1.0 and results[0]["reward"] == 0.0
+    assert [r["status"] for r in results] == ["failed"] * 5 + ["passed"] + ["failed"] * 2 + [
+        "passed"
+    ]
+    assert results[5]["reward"] == 1.0
+    assert results[0]["reward"] == 0.0
     for r in results:
         assert set(r) == {"id", "reward", "status", "feedback", "details", "elapsed_ms", "cached"}
 
 
 def test_duplicates_in_a_batch_and_across_batches(server: Server) -> None:
     code = "print(2 + 3)  # dedupe"
-    results = post(server, {"items": [item(code, 1), item(code, 2), item(code, 3)]}).json()["results"]
+    results = post(server, {"items": [item(code, 1), item(code, 2), item(code, 3)]}).json()[
+        "results"
+    ]
     assert [r["cached"] for r in results].count(False) == 1
     assert {r["status"] for r in results} == {"passed"}
     again = post(server, {"items": [item(code, 4)]}).json()["results"]
-    assert again[0]["cached"] is True and again[0]["id"] == 4
+    assert again[0]["cached"] is True
+    assert again[0]["id"] == 4
 
 
 def test_stream_is_ndjson_with_indexes(server: Server) -> None:
-    items = [item("import time\ntime.sleep(1)\nprint(5)", "slow"), item("print(5)", "fast"),
-             item("print(", "broken")]
-    with httpx.stream("POST", server.url + "/v1/score/stream", json={"items": items},
-                      timeout=60) as response:
+    items = [
+        item("import time\ntime.sleep(1)\nprint(5)", "slow"),
+        item("print(5)", "fast"),
+        item("print(", "broken"),
+    ]
+    with httpx.stream(
+        "POST", server.url + "/v1/score/stream", json={"items": items}, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in response.iter_lines() if line]
@@ -69,7 +79,12 @@ def test_malformed_items_beside_good_ones(server: Server) -> None:
         {"id": "nospec", "verifier": "code", "completion": RIGHT, "spec": {"language": "python"}},
         {"id": "typo", "verifier": "code", "completion": RIGHT, "spec": {**SPEC, "time_limit": 1}},
         {"id": "unknown", "verifier": "chess", "completion": "e4"},
-        {"id": "nolang", "verifier": "code", "completion": RIGHT, "spec": {**SPEC, "language": "cobol"}},
+        {
+            "id": "nolang",
+            "verifier": "code",
+            "completion": RIGHT,
+            "spec": {**SPEC, "language": "cobol"},
+        },
         item("no code here", "nofence", extract={"fence": "python"}),
         item(RIGHT, "good2", extract={"tag": "answer"}),
         item(f"<answer>{RIGHT}</answer>", "tagged", extract={"tag": "answer"}),
@@ -77,10 +92,14 @@ def test_malformed_items_beside_good_ones(server: Server) -> None:
     results = post(server, {"items": items}).json()["results"]
     got = {r["id"]: (r["status"], r["reward"]) for r in results}
     assert got == {
-        "good": ("passed", 1.0), "nospec": ("invalid_spec", None),
-        "typo": ("invalid_spec", None), "unknown": ("unavailable", None),
-        "nolang": ("unavailable", None), "nofence": ("format_error", 0.0),
-        "good2": ("format_error", 0.0), "tagged": ("passed", 1.0),
+        "good": ("passed", 1.0),
+        "nospec": ("invalid_spec", None),
+        "typo": ("invalid_spec", None),
+        "unknown": ("unavailable", None),
+        "nolang": ("unavailable", None),
+        "nofence": ("format_error", 0.0),
+        "good2": ("format_error", 0.0),
+        "tagged": ("passed", 1.0),
     }
     typo = next(r for r in results if r["id"] == "typo")
     assert "time_limit" in typo["feedback"]
@@ -88,8 +107,13 @@ def test_malformed_items_beside_good_ones(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"itemz": []}, {"items": "x"}, {"items": [{"verifier": "code"}]}, [1, 2],
-     {"items": [{"verifier": "code", "completion": "x", "extract": "sideways"}]}],
+    [
+        {"itemz": []},
+        {"items": "x"},
+        {"items": [{"verifier": "code"}]},
+        [1, 2],
+        {"items": [{"verifier": "code", "completion": "x", "extract": "sideways"}]},
+    ],
     ids=["no_items", "items_not_list", "item_without_completion", "not_object", "bad_extract"],
 )
 def test_bad_envelope_is_422(server: Server, body: Any) -> None:
@@ -103,8 +127,12 @@ def test_invalid_json_is_422(server: Server) -> None:
 
 def test_plain_curl_style_post_is_read_as_json(server: Server) -> None:
     body = json.dumps({"items": [item("print(5)")]})
-    response = httpx.post(server.url + "/v1/score", content=body, timeout=30,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = httpx.post(
+        server.url + "/v1/score",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.json()["results"][0]["status"] == "passed"
 
 
@@ -131,7 +159,9 @@ def test_too_many_bytes_is_413(server: Server) -> None:
 def test_overload_is_429_with_retry_after(server: Server) -> None:
     slow = [item(f"import time\ntime.sleep(0.5)\nprint({n})") for n in range(40)]
     first: dict[str, int] = {}
-    thread = threading.Thread(target=lambda: first.setdefault("code", post(server, {"items": slow}).status_code))
+    thread = threading.Thread(
+        target=lambda: first.setdefault("code", post(server, {"items": slow}).status_code)
+    )
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -155,7 +185,8 @@ def test_auth(keyed_server: Server) -> None:
     assert post(keyed_server, body, path="/v1/score/stream").status_code == 401
     assert httpx.get(keyed_server.url + "/v1/verifiers").status_code == 401
     ok = post(keyed_server, body, headers={"Authorization": "Bearer key-two"})
-    assert ok.status_code == 200 and ok.json()["results"][0]["status"] == "passed"
+    assert ok.status_code == 200
+    assert ok.json()["results"][0]["status"] == "passed"
     assert httpx.get(keyed_server.url + "/healthz").status_code == 200
     with AssayClient(keyed_server.url, api_key="key-one") as client:
         assert client.score([item("print(5)")])[0].reward == 1.0

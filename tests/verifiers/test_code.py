@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,21 @@ pytestmark = needs_bwrap
 
 DATA = json.loads((Path(__file__).parent / "data" / "humaneval_style.json").read_text())
 SUM = "a, b = map(int, input().split())\nprint(a + b)\n"
-SUM_TESTS = [{"stdin": "1 2\n", "expected_stdout": "3\n"}, {"stdin": "10 -4\n", "expected_stdout": "6\n"},
-             {"stdin": "0 0\n", "expected_stdout": "0\n"}]
+SUM_TESTS = [
+    {"stdin": "1 2\n", "expected_stdout": "3\n"},
+    {"stdin": "10 -4\n", "expected_stdout": "6\n"},
+    {"stdin": "0 0\n", "expected_stdout": "0\n"},
+]
 
 
 @pytest.fixture(scope="module")
-async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalSandbox]:
-    yield LocalSandbox(lock_dir=tmp_path_factory.mktemp("uids"))
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> LocalSandbox:
+    return LocalSandbox(lock_dir=tmp_path_factory.mktemp("uids"))
 
 
-async def judge(sandbox: LocalSandbox, payload: str, **spec: Any) -> tuple[Status, float | None, str, dict[str, Any]]:
+async def judge(
+    sandbox: LocalSandbox, payload: str, **spec: Any
+) -> tuple[Status, float | None, str, dict[str, Any]]:
     verifier = CodeVerifier()
     parsed = CodeSpec.model_validate({"language": "python", **spec})
     assert verifier.check(parsed, sandbox) is None
@@ -48,18 +52,25 @@ HUMANEVAL = [
     pytest.param(p["correct"], p["test_code"], Status.PASSED, 1.0, id=f"{p['name']}-correct")
     for p in DATA
 ] + [
-    pytest.param(bad["code"], p["test_code"], _EXPECTED[bad["kind"]], 0.0,
-                 id=f"{p['name']}-{bad['kind']}-{i}")
+    pytest.param(
+        bad["code"],
+        p["test_code"],
+        _EXPECTED[bad["kind"]],
+        0.0,
+        id=f"{p['name']}-{bad['kind']}-{i}",
+    )
     for p in DATA
     for i, bad in enumerate(p["incorrect"])
 ]
 
 
 @pytest.mark.parametrize(("solution", "test_code", "status", "reward"), HUMANEVAL)
-async def test_humaneval_style(sandbox: LocalSandbox, solution: str, test_code: str,
-                               status: Status, reward: float) -> None:
-    got, got_reward, feedback, _ = await judge(sandbox, solution, test_code=test_code,
-                                               time_limit_s=2)
+async def test_humaneval_style(
+    sandbox: LocalSandbox, solution: str, test_code: str, status: Status, reward: float
+) -> None:
+    got, got_reward, feedback, _ = await judge(
+        sandbox, solution, test_code=test_code, time_limit_s=2
+    )
     assert (got, got_reward) == (status, reward), feedback
     if status is Status.FAILED:
         assert "AssertionError" in feedback
@@ -72,10 +83,12 @@ IO = [p for p in DATA if "io_tests" in p]
 async def test_io_problems(sandbox: LocalSandbox, problem: dict[str, Any]) -> None:
     good = await judge(sandbox, problem["io_correct"], tests=problem["io_tests"])
     assert good[:2] == (Status.PASSED, 1.0), good[2]
-    bad = await judge(sandbox, problem["io_incorrect"], tests=problem["io_tests"],
-                      partial_credit=True)
+    bad = await judge(
+        sandbox, problem["io_incorrect"], tests=problem["io_tests"], partial_credit=True
+    )
     assert bad[0] is Status.FAILED
-    assert bad[1] is not None and 0 < bad[1] < 1
+    assert bad[1] is not None
+    assert 0 < bad[1] < 1
     assert bad[3]["tests"][0]["passed"]
 
 
@@ -83,50 +96,162 @@ async def test_io_problems(sandbox: LocalSandbox, problem: dict[str, Any]) -> No
 
 SPEC_CASES: list[Any] = [
     pytest.param(SUM, {"tests": SUM_TESTS}, Status.PASSED, 1.0, "3/3 tests passed", id="passes"),
-    pytest.param("print(3)\n", {"tests": SUM_TESTS}, Status.FAILED, 0.0,
-                 "expected: '6\\n'\nactual: '3\\n'", id="wrong_answer_feedback"),
-    pytest.param("print(3)\n", {"tests": SUM_TESTS, "partial_credit": True}, Status.FAILED,
-                 1 / 3, "1/3 tests passed", id="partial_credit"),
-    pytest.param("print(3)\n", {"tests": SUM_TESTS, "stop_on_fail": False}, Status.FAILED,
-                 0.0, "1/3 tests passed", id="no_stop_no_credit"),
-    pytest.param("print(3)\n", {"tests": SUM_TESTS, "partial_credit": True, "stop_on_fail": True},
-                 Status.FAILED, 1 / 3, "1/3 tests passed", id="partial_credit_stop"),
-    pytest.param("print('3 ')\n\n", {"tests": [{"expected_stdout": "3"}], "compare": "exact"},
-                 Status.FAILED, 0.0, "wrong answer", id="exact_strict"),
-    pytest.param("print('3')", {"tests": [{"expected_stdout": "3\n"}], "compare": "exact"},
-                 Status.PASSED, 1.0, "", id="exact_ok"),
-    pytest.param("print('a  ')\nprint()\n", {"tests": [{"expected_stdout": "a"}],
-                 "compare": "lines"}, Status.PASSED, 1.0, "", id="lines_ok"),
-    pytest.param("print(1/3)", {"tests": [{"expected_stdout": "0.333333"}], "compare": "float",
-                 "float_tol": 1e-5}, Status.PASSED, 1.0, "", id="float_tol_ok"),
-    pytest.param("print(1/3)", {"tests": [{"expected_stdout": "0.333"}], "compare": "float"},
-                 Status.FAILED, 0.0, "", id="float_tol_strict"),
-    pytest.param("import time\ntime.sleep(5)\n", {"tests": SUM_TESTS, "time_limit_s": 0.5},
-                 Status.TIMEOUT, 0.0, "time limit exceeded (0.5 s)", id="time_limit"),
-    pytest.param("x = bytearray(300 * 1024 * 1024)\nprint(3)", {"tests": SUM_TESTS[:1],
-                 "memory_mb": 128}, Status.MEMORY_LIMIT, 0.0, "memory limit exceeded (128 MB)",
-                 id="memory_limit"),
-    pytest.param("x = bytearray(30 * 1024 * 1024)\nprint(3)", {"tests": SUM_TESTS[:1],
-                 "memory_mb": 256}, Status.PASSED, 1.0, "", id="memory_within_limit"),
-    pytest.param("print(1 // 0)", {"tests": SUM_TESTS}, Status.RUNTIME_ERROR, 0.0,
-                 "ZeroDivisionError: integer division or modulo by zero", id="runtime_error"),
-    pytest.param("import sys\nsys.exit(3)", {"tests": SUM_TESTS}, Status.RUNTIME_ERROR, 0.0,
-                 "exit status 3", id="exit_status"),
-    pytest.param("def f(:\n", {"tests": SUM_TESTS, "partial_credit": True},
-                 Status.COMPILE_ERROR, 0.0, "SyntaxError", id="syntax_error_stops"),
-    pytest.param("while True: print('y' * 10000)", {"tests": SUM_TESTS},
-                 Status.OUTPUT_LIMIT, 0.0, "output limit", id="output_flood"),
-    pytest.param("import sys\nprint(sys.stdin.read().count('x'))",
-                 {"tests": [{"stdin": "x" * 200_000, "expected_stdout": "200000"}]},
-                 Status.PASSED, 1.0, "", id="large_stdin"),
-    pytest.param("print(input()[::-1])", {"tests": [{"stdin": "héllo wörld\n",
-                 "expected_stdout": "dlröw olléh"}]}, Status.PASSED, 1.0, "", id="unicode"),
+    pytest.param(
+        "print(3)\n",
+        {"tests": SUM_TESTS},
+        Status.FAILED,
+        0.0,
+        "expected: '6\\n'\nactual: '3\\n'",
+        id="wrong_answer_feedback",
+    ),
+    pytest.param(
+        "print(3)\n",
+        {"tests": SUM_TESTS, "partial_credit": True},
+        Status.FAILED,
+        1 / 3,
+        "1/3 tests passed",
+        id="partial_credit",
+    ),
+    pytest.param(
+        "print(3)\n",
+        {"tests": SUM_TESTS, "stop_on_fail": False},
+        Status.FAILED,
+        0.0,
+        "1/3 tests passed",
+        id="no_stop_no_credit",
+    ),
+    pytest.param(
+        "print(3)\n",
+        {"tests": SUM_TESTS, "partial_credit": True, "stop_on_fail": True},
+        Status.FAILED,
+        1 / 3,
+        "1/3 tests passed",
+        id="partial_credit_stop",
+    ),
+    pytest.param(
+        "print('3 ')\n\n",
+        {"tests": [{"expected_stdout": "3"}], "compare": "exact"},
+        Status.FAILED,
+        0.0,
+        "wrong answer",
+        id="exact_strict",
+    ),
+    pytest.param(
+        "print('3')",
+        {"tests": [{"expected_stdout": "3\n"}], "compare": "exact"},
+        Status.PASSED,
+        1.0,
+        "",
+        id="exact_ok",
+    ),
+    pytest.param(
+        "print('a  ')\nprint()\n",
+        {"tests": [{"expected_stdout": "a"}], "compare": "lines"},
+        Status.PASSED,
+        1.0,
+        "",
+        id="lines_ok",
+    ),
+    pytest.param(
+        "print(1/3)",
+        {"tests": [{"expected_stdout": "0.333333"}], "compare": "float", "float_tol": 1e-5},
+        Status.PASSED,
+        1.0,
+        "",
+        id="float_tol_ok",
+    ),
+    pytest.param(
+        "print(1/3)",
+        {"tests": [{"expected_stdout": "0.333"}], "compare": "float"},
+        Status.FAILED,
+        0.0,
+        "",
+        id="float_tol_strict",
+    ),
+    pytest.param(
+        "import time\ntime.sleep(5)\n",
+        {"tests": SUM_TESTS, "time_limit_s": 0.5},
+        Status.TIMEOUT,
+        0.0,
+        "time limit exceeded (0.5 s)",
+        id="time_limit",
+    ),
+    pytest.param(
+        "x = bytearray(300 * 1024 * 1024)\nprint(3)",
+        {"tests": SUM_TESTS[:1], "memory_mb": 128},
+        Status.MEMORY_LIMIT,
+        0.0,
+        "memory limit exceeded (128 MB)",
+        id="memory_limit",
+    ),
+    pytest.param(
+        "x = bytearray(30 * 1024 * 1024)\nprint(3)",
+        {"tests": SUM_TESTS[:1], "memory_mb": 256},
+        Status.PASSED,
+        1.0,
+        "",
+        id="memory_within_limit",
+    ),
+    pytest.param(
+        "print(1 // 0)",
+        {"tests": SUM_TESTS},
+        Status.RUNTIME_ERROR,
+        0.0,
+        "ZeroDivisionError: integer division or modulo by zero",
+        id="runtime_error",
+    ),
+    pytest.param(
+        "import sys\nsys.exit(3)",
+        {"tests": SUM_TESTS},
+        Status.RUNTIME_ERROR,
+        0.0,
+        "exit status 3",
+        id="exit_status",
+    ),
+    pytest.param(
+        "def f(:\n",
+        {"tests": SUM_TESTS, "partial_credit": True},
+        Status.COMPILE_ERROR,
+        0.0,
+        "SyntaxError",
+        id="syntax_error_stops",
+    ),
+    pytest.param(
+        "while True: print('y' * 10000)",
+        {"tests": SUM_TESTS},
+        Status.OUTPUT_LIMIT,
+        0.0,
+        "output limit",
+        id="output_flood",
+    ),
+    pytest.param(
+        "import sys\nprint(sys.stdin.read().count('x'))",
+        {"tests": [{"stdin": "x" * 200_000, "expected_stdout": "200000"}]},
+        Status.PASSED,
+        1.0,
+        "",
+        id="large_stdin",
+    ),
+    pytest.param(
+        "print(input()[::-1])",
+        {"tests": [{"stdin": "héllo wörld\n", "expected_stdout": "dlröw olléh"}]},
+        Status.PASSED,
+        1.0,
+        "",
+        id="unicode",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("payload", "spec", "status", "reward", "feedback"), SPEC_CASES)
-async def test_spec_fields(sandbox: LocalSandbox, payload: str, spec: dict[str, Any],
-                           status: Status, reward: float, feedback: str) -> None:
+async def test_spec_fields(
+    sandbox: LocalSandbox,
+    payload: str,
+    spec: dict[str, Any],
+    status: Status,
+    reward: float,
+    feedback: str,
+) -> None:
     got, got_reward, got_feedback, details = await judge(sandbox, payload, **spec)
     assert got is status, got_feedback
     assert got_reward == pytest.approx(reward)
@@ -143,10 +268,12 @@ async def test_stop_on_fail_runs_no_more_tests(sandbox: LocalSandbox) -> None:
 
 
 async def test_long_outputs_are_truncated_in_feedback(sandbox: LocalSandbox) -> None:
-    _, _, feedback, _ = await judge(sandbox, "print('z' * 100000)",
-                                    tests=[{"expected_stdout": "y" * 100000}])
+    _, _, feedback, _ = await judge(
+        sandbox, "print('z' * 100000)", tests=[{"expected_stdout": "y" * 100000}]
+    )
     assert len(feedback) <= 2048
-    assert "zzz…" in feedback and "yyy…" in feedback
+    assert "zzz…" in feedback
+    assert "yyy…" in feedback
 
 
 def test_spec_validation() -> None:
@@ -163,4 +290,5 @@ def test_spec_validation() -> None:
 def test_unknown_language_is_unavailable(tmp_path: Path) -> None:
     spec = CodeSpec.model_validate({"language": "cobol", "tests": SUM_TESTS})
     reason = CodeVerifier().check(spec, LocalSandbox(lock_dir=tmp_path))
-    assert reason is not None and "'cobol' is not in" in reason
+    assert reason is not None
+    assert "'cobol' is not in" in reason

@@ -25,7 +25,8 @@ CASES: list[tuple[str, str, str, CompareMode, bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("actual", "expected", "mode", "same"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("actual", "expected", "mode", "same"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_outputs_match(actual: str, expected: str, mode: CompareMode, same: bool) -> None:
     assert outputs_match(actual, expected, mode, 1e-6) is same

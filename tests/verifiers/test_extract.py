@@ -16,8 +16,12 @@ CASES: list[tuple[str, str, Extract, str]] = [
     ("case_insensitive_info", "```Python\na\n```", "auto", "a\n"),
     ("unclosed_final_block", "text\n```python\na = 1\n", "auto", "a = 1\n"),
     ("tilde_fence", "~~~python\na\n~~~\n", "auto", "a\n"),
-    ("longer_fence_holds_backticks", "````python\n```\ninner\n```\n````", "auto",
-     "```\ninner\n```\n"),
+    (
+        "longer_fence_holds_backticks",
+        "````python\n```\ninner\n```\n````",
+        "auto",
+        "```\ninner\n```\n",
+    ),
     ("raw_keeps_fences", "```python\na\n```", "raw", "```python\na\n```"),
     ("named_fence", "```python\na\n```\n```cpp\nb\n```\n", FenceExtract(fence="python"), "a\n"),
     ("tag", "<think>x</think><answer>42</answer>", TagExtract(tag="answer"), "42"),
@@ -26,8 +30,9 @@ CASES: list[tuple[str, str, Extract, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("completion", "how", "payload"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("completion", "how", "payload"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_extract(completion: str, how: Extract, payload: str) -> None:
     assert extract(completion, how, PY) == payload
 
