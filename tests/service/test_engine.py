@@ -225,3 +225,12 @@ def test_wire_and_internal_statuses_agree() -> None:
     from assay.clients.schema import Status as WireStatus
 
     assert set(get_args(WireStatus)) == {s.value for s in Status}
+
+
+async def test_without_bwrap_code_is_unavailable_with_the_reason(tmp_path: Path) -> None:
+    engine = Engine(LocalSandbox(bwrap=None, lock_dir=tmp_path))
+    (result,) = await engine.score([code_item("print(3)")])
+    assert result.status == "unavailable"
+    assert result.reward is None
+    assert "bubblewrap (bwrap) is not installed" in result.feedback
+    assert "ASSAY_SANDBOX=unsandboxed" in result.feedback
