@@ -20,6 +20,7 @@ class Language:
     memory_error: tuple[re.Pattern[str], ...] = ()
     assertion_error: tuple[re.Pattern[str], ...] = ()
     test_code_join: str = "\n\n"
+    test_code_end: str = ""
 
 
 def _patterns(row: dict[str, object], key: str) -> tuple[re.Pattern[str], ...]:
@@ -42,6 +43,7 @@ def parse_languages(text: str) -> dict[str, Language]:
             memory_error=_patterns(row, "memory_error"),
             assertion_error=_patterns(row, "assertion_error"),
             test_code_join=row.get("test_code_join", "\n\n"),
+            test_code_end=row.get("test_code_end", ""),
         )
     return languages
 

@@ -5,7 +5,8 @@ Two kinds of test (API.md, code spec):
   `expected_stdout` under `compare` (the convention of competitive-programming RL sets such as
   APPS, CodeContests, TACO).
 - `test_code`: the test code is appended to the program and the whole must exit 0
-  (HumanEval, MBPP, MultiPL-E).
+  (HumanEval, MBPP, MultiPL-E), having run to the end: a random token printed after the test
+  code must appear, so that a program which exits early with status 0 does not pass.
 
 Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
 passed (tests not run after a stop count as failed). The status is that of the first failing
@@ -15,6 +16,7 @@ test. Every run has the spec's time and memory limits, enforced by the sandbox f
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -124,10 +126,17 @@ class CodeVerifier:
         self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
     ) -> Verdict:
         assert spec.test_code is not None
-        program = payload.rstrip("\n") + language.test_code_join + spec.test_code
+        token = secrets.token_hex(16)
+        end = language.test_code_end.format(token=token)
+        program = payload.rstrip("\n") + language.test_code_join + spec.test_code + end
         job = Job(argv=language.run, files={language.file: program}, limits=limits)
         run = await sandbox.run(job)
         status, why = classify(run, language, limits)
+        if status is Status.PASSED and end and token.encode() not in run.stdout:
+            status, why = Status.FAILED, "the program exited (status 0) before the test code ran"
+        stderr = run.stderr.decode(errors="replace")
+        if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
+            status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
         detail: dict[str, Any] = {
             "passed": status is Status.PASSED,
             "time_ms": round(run.time_s * 1000, 1),
@@ -135,9 +144,6 @@ class CodeVerifier:
         details: dict[str, Any] = {"tests": [detail]}
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)
-        stderr = run.stderr.decode(errors="replace")
-        if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
-            status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
         detail["status"] = status.value
         return Verdict(status, 0.0, clip(why), details)
 
@@ -147,7 +153,7 @@ class CodeVerifier:
         assert spec.tests is not None
         total = len(spec.tests)
         results: list[dict[str, Any]] = []
-        first_failure: tuple[Status, str] | None = None
+        first_failure: tuple[Status, int, str] | None = None
         for number, test in enumerate(spec.tests, start=1):
             job = Job(
                 argv=language.run,
@@ -171,7 +177,7 @@ class CodeVerifier:
                 entry["status"] = status.value
             results.append(entry)
             if not passed and first_failure is None:
-                first_failure = (status, f"test {number}/{total}: {why}")
+                first_failure = (status, number, why)
                 if spec.stops_on_fail or status is Status.COMPILE_ERROR:
                     break
         n_passed = sum(r["passed"] for r in results)
@@ -179,5 +185,8 @@ class CodeVerifier:
         if first_failure is None:
             return Verdict(Status.PASSED, 1.0, f"{total}/{total} tests passed", details)
         reward = n_passed / total if spec.partial_credit else 0.0
-        status, why = first_failure
-        return Verdict(status, reward, clip(f"{n_passed}/{total} tests passed; {why}"), details)
+        status, number, why = first_failure
+        if status is Status.COMPILE_ERROR:
+            return Verdict(status, 0.0, clip(f"compile error\n{why}"), details)
+        feedback = f"{n_passed}/{total} tests passed; test {number}/{total}: {why}"
+        return Verdict(status, reward, clip(feedback), details)
