@@ -292,3 +292,32 @@ def test_unknown_language_is_unavailable(tmp_path: Path) -> None:
     reason = CodeVerifier().check(spec, LocalSandbox(lock_dir=tmp_path))
     assert reason is not None
     assert "'cobol' is not in" in reason
+
+
+EARLY_EXITS = [
+    "import sys\nsys.exit(0)",
+    "import os\nos._exit(0)",
+    "exit()",
+    "raise SystemExit",
+    "def add(a, b):\n    raise SystemExit(0)",
+]
+
+
+@pytest.mark.parametrize(
+    "cheat", EARLY_EXITS, ids=["sys_exit", "os_exit", "exit", "raise", "in_fn"]
+)
+async def test_exiting_before_the_tests_does_not_pass(sandbox: LocalSandbox, cheat: str) -> None:
+    status, reward, feedback, _ = await judge(
+        sandbox, cheat, test_code="assert add(2, 2) == 4\nassert add(1, 0) == 1\n"
+    )
+    assert (status, reward) == (Status.FAILED, 0.0)
+    assert "before the test code ran" in feedback
+
+
+async def test_test_code_output_does_not_confuse_the_end_check(sandbox: LocalSandbox) -> None:
+    status, reward, _, _ = await judge(
+        sandbox,
+        "def add(a, b):\n    print('adding', a, b)\n    return a + b",
+        test_code="assert add(2, 2) == 4\nprint('done')\n",
+    )
+    assert (status, reward) == (Status.PASSED, 1.0)
