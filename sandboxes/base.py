@@ -78,7 +78,11 @@ class Sandbox(Protocol):
         ...
 
     def unavailable_reason(self) -> str | None:
-        """`None` when the sandbox can take untrusted work; else why not."""
+        """`None` when the sandbox can take untrusted work; else why not (what is known now)."""
+        ...
+
+    async def check(self) -> str | None:
+        """Like `unavailable_reason`, after making sure: start a trivial job once if need be."""
         ...
 
     def has_tool(self, tool: str) -> bool:

@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reason = await engine.sandbox.check()  # type: ignore[attr-defined]
+        reason = await engine.sandbox.check()
         if reason:
             log.warning("sandbox not ready: %s", reason)
         yield
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         missing = []
         if state["draining"]:
             missing.append("the server is shutting down")
-        reason = await engine.sandbox.check()  # type: ignore[attr-defined]
+        reason = await engine.sandbox.check()
         if reason:
             missing.append(f"sandbox: {reason}")
         if missing:
