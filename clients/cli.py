@@ -13,9 +13,14 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from assay.clients.client import AssayClient, AsyncAssayClient
+from assay.clients.client import (
+    AssayClient,
+    AssayConnectionError,
+    AssayHTTPError,
+    AsyncAssayClient,
+)
 from assay.clients.progress import Progress
-from assay.clients.schema import AssayError, ScoreItem, ScoreResult
+from assay.clients.schema import AssayError, ScoreItem, ScoreResult, Status
 
 SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
 
@@ -79,7 +84,7 @@ async def _local_results(
     if concurrency:
         overrides = {"default_concurrency": concurrency, "sandbox_jobs": concurrency}
     engine = build_engine(Settings(**overrides))
-    reason = await engine.sandbox.check()  # type: ignore[attr-defined]
+    reason = await engine.sandbox.check()
     if reason:
         print(f"assay: warning: {reason}", file=sys.stderr)
     try:
@@ -87,6 +92,15 @@ async def _local_results(
             yield pair
     finally:
         await engine.close()
+
+
+# HTTP answers that every further request would get too: the run stops instead of going on.
+_FATAL_STATUS = {401, 403, 404, 405, 422}
+
+
+def _unscored(item: ScoreItem, status: Status, feedback: str, **details: Any) -> ScoreResult:
+    """The result of an item that the server never judged, made here."""
+    return ScoreResult(id=item.id, reward=None, status=status, feedback=feedback, details=details)
 
 
 async def _remote_results(
@@ -97,18 +111,63 @@ async def _remote_results(
     batch_size: int,
     retries: int = 5,
 ) -> AsyncIterator[tuple[int, ScoreResult]]:
+    """Results from a server, batch by batch, every item accounted for.
+
+    A batch the server finds too large (413) is split in halves; a broken stream or a server
+    that stops answering is retried for the items still missing; items that still get no answer
+    get `internal_error` (`retryable`) results, so that the output has a line for every input.
+    Only answers that every request would get (401, 404, ...) stop the run.
+    """
     queue: asyncio.Queue[tuple[int, ScoreResult] | BaseException] = asyncio.Queue()
     gate = asyncio.Semaphore(concurrency)
 
     async with AsyncAssayClient(url, api_key=api_key, retries=retries) as client:
+        # One call first: a wrong URL or API key stops the run here, with one clear message.
+        await client.verifiers()
+
+        async def send(indexes: list[int]) -> None:
+            left = indexes
+            problem = ""
+            for attempt in range(retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(30.0, 0.5 * 2.0**attempt))
+                seen: set[int] = set()
+                try:
+                    async for line in client.score_stream([items[i] for i in left]):
+                        index = left[line.index]
+                        seen.add(index)
+                        result = ScoreResult.model_validate(line.model_dump(exclude={"index"}))
+                        await queue.put((index, result))
+                    problem = "the server's stream ended before every result came"
+                except AssayHTTPError as exc:
+                    if exc.status_code in _FATAL_STATUS:
+                        raise
+                    if exc.status_code == 413:
+                        if len(left) > 1:
+                            half = len(left) // 2
+                            await send(left[:half])
+                            await send(left[half:])
+                        else:
+                            feedback = f"this item alone is larger than the server takes: {exc}"
+                            await queue.put(
+                                (left[0], _unscored(items[left[0]], "unavailable", feedback))
+                            )
+                        return
+                    problem = str(exc)
+                except AssayConnectionError as exc:
+                    problem = str(exc)
+                left = [i for i in left if i not in seen]
+                if not left:
+                    return
+            for index in left:
+                feedback = f"not scored: {url} failed after {retries + 1} tries: {problem}"
+                result = _unscored(items[index], "internal_error", feedback[:2000], retryable=True)
+                await queue.put((index, result))
 
         async def batch(start: int) -> None:
             async with gate:
-                chunk = items[start : start + batch_size]
                 try:
-                    async for line in client.score_stream(chunk):
-                        result = ScoreResult.model_validate(line.model_dump(exclude={"index"}))
-                        await queue.put((start + line.index, result))
+                    await send(list(range(start, min(start + batch_size, len(items)))))
                 except BaseException as exc:
                     await queue.put(exc)
 
@@ -179,9 +238,18 @@ async def score_file(
 def _cmd_score(args: argparse.Namespace) -> int:
     if not args.url:
         _need_server()
-    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     out_path = Path(args.output) if args.output and args.output != "-" else None
-    sink = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout  # noqa: SIM115
+    try:
+        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        print(f"assay: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        sink = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        print(f"assay: cannot write {out_path}: {exc.strerror}", file=sys.stderr)
+        source.close()
+        return 2
     progress = Progress(0, enabled=not args.quiet)
     try:
         asyncio.run(
@@ -208,13 +276,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if sink is not sys.stdout:
             sink.close()
     print(progress.summary(), file=sys.stderr)
+    failed = progress.statuses["internal_error"]
     if progress.input_errors:
         print(
             f"assay: {progress.input_errors} input lines could not be read; their results say why",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    if failed:
+        print(
+            f"assay: {failed} items got internal_error (the service failed on them); "
+            "scoring them again may help",
+            file=sys.stderr,
+        )
+    return 1 if progress.input_errors or failed else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -244,7 +318,7 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         engine = build_engine(Settings())
 
         async def describe() -> list[dict[str, Any]]:
-            await engine.sandbox.check()  # type: ignore[attr-defined]
+            await engine.sandbox.check()
             return await engine.describe()
 
         rows = asyncio.run(describe())

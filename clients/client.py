@@ -110,14 +110,31 @@ class AssayClient:
         return ScoreResponse.model_validate_json(response.content).results
 
     def score_stream(self, items: Iterable[ItemLike]) -> Iterator[IndexedResult]:
-        """Results as the service finishes them, each with its item's `index`."""
-        with self._http.stream("POST", "/v1/score/stream", json=_body(items)) as response:
-            if not response.is_success:
-                response.read()
-                _raise_for(response)
-            for line in response.iter_lines():
-                if line.strip():
-                    yield IndexedResult.model_validate_json(line)
+        """Results as the service finishes them, each with its item's `index`.
+
+        A refused or unconnected request is retried like `score`; once results flow, a broken
+        stream raises `AssayConnectionError` (the results already yielded stand).
+        """
+        body = _body(items)
+        for attempt in range(self.retries + 1):
+            try:
+                with self._http.stream("POST", "/v1/score/stream", json=body) as response:
+                    if response.status_code in _RETRY_STATUS and attempt < self.retries:
+                        time.sleep(_wait_s(response, attempt))
+                        continue
+                    if not response.is_success:
+                        response.read()
+                        _raise_for(response)
+                    for line in response.iter_lines():
+                        if line.strip():
+                            yield IndexedResult.model_validate_json(line)
+                    return
+            except httpx.ConnectError as exc:  # nothing was sent yet: safe to retry
+                if attempt == self.retries:
+                    raise AssayConnectionError(f"{self._http.base_url}: {exc}") from exc
+                time.sleep(_wait_s(None, attempt))
+            except httpx.TransportError as exc:
+                raise AssayConnectionError(f"{self._http.base_url}: stream broken: {exc}") from exc
 
     def verifiers(self) -> list[VerifierInfo]:
         response = self._request("GET", "/v1/verifiers")
@@ -171,6 +188,7 @@ class AsyncAssayClient:
         return ScoreResponse.model_validate_json(response.content).results
 
     async def score_stream(self, items: Iterable[ItemLike]) -> AsyncIterator[IndexedResult]:
+        """Results as the service finishes them; retries and errors as `AssayClient`'s."""
         body = _body(items)
         for attempt in range(self.retries + 1):
             try:
@@ -189,6 +207,8 @@ class AsyncAssayClient:
                 if attempt == self.retries:
                     raise AssayConnectionError(f"{self._http.base_url}: {exc}") from exc
                 await asyncio.sleep(_wait_s(None, attempt))
+            except httpx.TransportError as exc:
+                raise AssayConnectionError(f"{self._http.base_url}: stream broken: {exc}") from exc
 
     async def verifiers(self) -> list[VerifierInfo]:
         response = await self._request("GET", "/v1/verifiers")

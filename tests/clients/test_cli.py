@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, needs_bwrap
+from tests.conftest import Server, needs_bwrap, start_server, stop_server
 
 pytestmark = needs_bwrap
 
@@ -101,3 +102,87 @@ def test_verifiers_listing(server: Server) -> None:
     assert "python: yes" in here.stdout
     remote = assay("verifiers", "--url", server.url, "--json")
     assert json.loads(remote.stdout)[0]["name"] == "code"
+
+
+def test_batches_too_large_for_the_server_are_split(tmp_path: Path, server: Server) -> None:
+    # The session server takes bodies up to 200,000 bytes: six 60 KB items are refused as one
+    # batch and must be sent in smaller ones; a 250 KB item cannot be sent at all.
+    padding = "#" * 60_000
+    rows = [
+        {"id": n, "verifier": "code", "completion": f"{GOOD}\n{padding}", "spec": SPEC}
+        for n in range(6)
+    ]
+    rows.insert(3, {"id": "huge", "verifier": "code", "completion": "#" * 250_000, "spec": SPEC})
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = assay("score", str(source), "-o", str(out), "--url", server.url, "--batch-size", "8")
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["status"]) for r in results] == [
+        (0, "passed"),
+        (1, "passed"),
+        (2, "passed"),
+        ("huge", "unavailable"),
+        (3, "passed"),
+        (4, "passed"),
+        (5, "passed"),
+    ]
+    assert "larger than the server takes" in results[3]["feedback"]
+
+
+async def test_a_server_that_dies_mid_run_loses_no_line(tmp_path: Path) -> None:
+    from assay.clients.cli import score_file
+    from assay.clients.progress import Progress
+
+    victim = start_server()
+
+    class KillOnFirstResult(Progress):
+        def update(self, status: str, reward: float | None, cached: bool = False) -> None:
+            super().update(status, reward, cached)
+            if self.done == 1:
+                stop_server(victim)
+
+    lines = [
+        json.dumps({"id": n, "verifier": "code", "completion": GOOD, "spec": SPEC})
+        for n in range(3)
+    ]
+    sink = io.StringIO()
+    try:
+        progress = await score_file(
+            io.StringIO("\n".join(lines)),
+            sink,
+            url=victim.url,
+            api_key=None,
+            concurrency=1,
+            batch_size=1,
+            retries=0,
+            progress=KillOnFirstResult(0, enabled=False),
+        )
+    finally:
+        stop_server(victim)
+    results = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [(r["id"], r["status"]) for r in results] == [
+        (0, "passed"),
+        (1, "internal_error"),
+        (2, "internal_error"),
+    ]
+    assert results[1]["reward"] is None
+    assert results[1]["details"] == {"retryable": True}
+    assert "not scored" in results[1]["feedback"]
+    assert progress.statuses["internal_error"] == 2
+
+
+def test_wrong_api_key_stops_the_run(tmp_path: Path, keyed_server: Server) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(source)
+    done = assay("score", str(source), "-o", str(out), "--url", keyed_server.url, "--api-key", "x")
+    assert done.returncode == 2
+    assert "HTTP 401" in done.stderr
+
+
+def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
+    done = assay("score", str(tmp_path / "nowhere.jsonl"))
+    assert done.returncode == 2
+    assert "cannot read" in done.stderr
+    assert "No such file" in done.stderr
+    assert "Traceback" not in done.stderr
