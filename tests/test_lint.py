@@ -17,6 +17,13 @@ def test_ruff() -> None:
     assert done.returncode == 0, done.stdout
 
 
+def test_ruff_format() -> None:
+    done = subprocess.run(
+        [str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout
+
+
 def test_mypy_strict() -> None:
     done = subprocess.run(
         [str(ROOT / "scripts" / "typecheck")], cwd=ROOT, capture_output=True, text=True, timeout=600
