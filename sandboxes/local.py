@@ -1,11 +1,16 @@
 """The local sandbox: each job in bubblewrap, limited by rlimits, killed from outside.
 
-A job gets fresh namespaces (user, pid, net, ipc, uts, mount, cgroup), so it has no network and
-sees only its own processes; the system is mounted read-only, nothing of the host's homes or
-project trees is visible, the environment is cleared, and the only writable places are a size-
-capped tmpfs work dir and /tmp. The kill comes from outside: at the deadline the whole process
-group is killed, and since the job's pid namespace dies with bwrap, so does everything the
-program started. Nothing is written to the host's disk.
+A job gets fresh namespaces (user, pid, net, ipc, uts, mount, cgroup) and may not make user
+namespaces of its own, so it has no network and sees only its own processes; /usr and an
+allowlist of /etc are mounted read-only, nothing of the host's homes, project trees or other
+configuration is visible, the environment is cleared, and the only writable places are size-
+capped tmpfs mounts: the work dir, /tmp and /dev/shm. The kill comes from outside: at the
+deadline the whole process group is killed, and since the job's pid namespace dies with bwrap,
+so does everything the program started. Nothing is written to the host's disk.
+
+Memory: RLIMIT_AS bounds each process of a job, not the job; a job that forks can hold up to
+`processes` times `memory_mb`, plus its tmpfs mounts (4 x file_mb, + file_mb for /dev/shm).
+A per-job cgroup would bound the whole; the container backend has one.
 
 When assay runs as root, each running job also gets a host uid of its own from a pool, so the
 process limit (RLIMIT_NPROC counts per uid) holds per job and a job cannot signal another.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import fnmatch
 import logging
 import os
 import random
@@ -24,6 +30,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +42,39 @@ log = logging.getLogger(__name__)
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORK_DIR = "/work"
 _CHUNK = 1 << 16
+# What of /etc a job sees: what toolchains read (the dynamic linker's cache, alternatives
+# symlinks, users, time zone, certificates, language runtimes' own config), and nothing else:
+# /etc also holds things like pip.conf, npmrc or an environment file that may carry secrets.
+# Shell-style patterns; a toolchain that needs more gets a row here.
+ETC_ALLOWED = (
+    "alternatives",
+    "ca-certificates*",
+    "debian_version",
+    "fonts",
+    "gai.conf",
+    "group",
+    "host.conf",
+    "hosts",
+    "java-*",
+    "ld.so.*",
+    "locale.alias",
+    "localtime",
+    "magic*",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "perl",
+    "protocols",
+    "python3*",
+    "services",
+    "ssl",
+    "terminfo",
+    "timezone",
+    "xml",
+)
+# The job's own processes and open files: RLIMIT_NPROC counts threads too.
+_NOFILE = 256
 
 Isolation = Literal["bwrap", "unsandboxed"]
 
@@ -82,12 +122,25 @@ class UidPool:
 
 
 def _symlink_or_bind(path: str) -> list[str]:
-    """Mirror a top-level system path: as the symlink it is (merged /usr), or read-only."""
+    """Mirror a system path: as the symlink it is (merged /usr), or read-only."""
     if os.path.islink(path):
         return ["--symlink", os.readlink(path), path]
-    if os.path.isdir(path):
+    if os.path.exists(path):
         return ["--ro-bind", path, path]
     return []
+
+
+@cache
+def _etc_args() -> tuple[str, ...]:
+    names = sorted(
+        name
+        for name in os.listdir("/etc")
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in ETC_ALLOWED)
+    )
+    args = ["--dir", "/etc"]
+    for name in names:
+        args += _symlink_or_bind(f"/etc/{name}")
+    return tuple(args)
 
 
 class LocalSandbox:
@@ -198,6 +251,7 @@ class LocalSandbox:
             f"--as={memory}",
             f"--fsize={file_size}",
             f"--nproc={nproc}",
+            f"--nofile={_NOFILE}",
             "--core=0",
             "--",
         ]
@@ -207,12 +261,19 @@ class LocalSandbox:
         # Room for two files of the largest size, so that one big file meets the file-size
         # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
         size = str(2 * job.limits.file_mb << 20)
-        args = [self._bwrap, "--unshare-all", "--unshare-user", "--uid", "1000", "--gid", "1000"]
+        # No user namespaces inside: a nested one would give the job the right to mount fresh,
+        # unsized tmpfs (memory outside every limit) and reach kernel code meant for root.
+        args = [self._bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--uid", "1000", "--gid", "1000"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
         args += ["--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
             args += _symlink_or_bind(top)
-        args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+        args += [*_etc_args(), "--proc", "/proc", "--dev", "/dev"]
+        # bwrap's /dev is a tmpfs of its own, with no size: shared memory gets a sized one and
+        # the rest of /dev is read-only (its device nodes still work).
+        shm = str(job.limits.file_mb << 20)
+        args += ["--size", shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]

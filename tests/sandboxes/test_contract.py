@@ -113,6 +113,43 @@ HOSTILE = [
         b"bye\n",
     ),
     Hostile("crashes", "import os\nos.abort()\n", Status.RUNTIME_ERROR),
+    Hostile(
+        # tmpfs pages are outside RLIMIT_AS: bwrap's own /dev tmpfs has no size, so shared
+        # memory must get a sized mount of its own.
+        "fills_dev_shm",
+        "for i in range(1000):\n    with open(f'/dev/shm/f{i}', 'wb') as f:\n"
+        "        f.write(b'x' * (4 << 20))\n",
+        Status.OUTPUT_LIMIT,
+    ),
+    Hostile(
+        "writes_into_dev",
+        "try:\n    open('/dev/evil', 'w').write('x')\n    print('wrote')\nexcept OSError:\n"
+        "    print('blocked')\nopen('/dev/null', 'w').write('fine')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "nested_user_namespace",
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('blocked' if libc.unshare(0x10000000) != 0 else 'unshared')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "reads_secrets_in_etc",
+        "import os\nnames = ['pip.conf', 'npmrc', 'gitconfig', 'environment', 'shadow', 'ssh']\n"
+        "print([n for n in names if os.path.exists('/etc/' + n)])\n",
+        Status.PASSED,
+        b"[]\n",
+    ),
+    Hostile(
+        "hoards_file_descriptors",
+        "import os\nfds = []\ntry:\n    while len(fds) < 100000:\n"
+        "        fds.append(os.memfd_create('x'))\nexcept OSError:\n    pass\n"
+        "print(len(fds) < 1000)\n",
+        Status.PASSED,
+        b"True\n",
+    ),
 ]
 
 
