@@ -21,6 +21,8 @@ class Language:
     assertion_error: tuple[re.Pattern[str], ...] = ()
     test_code_join: str = "\n\n"
     test_code_end: str = ""
+    test_code_run: tuple[str, ...] = ()
+    stdin_frame: re.Pattern[str] | None = None
 
 
 def _patterns(row: dict[str, object], key: str) -> tuple[re.Pattern[str], ...]:
@@ -44,6 +46,8 @@ def parse_languages(text: str) -> dict[str, Language]:
             assertion_error=_patterns(row, "assertion_error"),
             test_code_join=row.get("test_code_join", "\n\n"),
             test_code_end=row.get("test_code_end", ""),
+            test_code_run=tuple(row.get("test_code_run", [])),
+            stdin_frame=re.compile(row["stdin_frame"], re.M) if "stdin_frame" in row else None,
         )
     return languages
 

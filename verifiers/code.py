@@ -6,7 +6,13 @@ Two kinds of test (API.md, code spec):
   APPS, CodeContests, TACO).
 - `test_code`: the test code is appended to the program and the whole must exit 0
   (HumanEval, MBPP, MultiPL-E), having run to the end: a random token printed after the test
-  code must appear, so that a program which exits early with status 0 does not pass.
+  code must appear, so that a program which exits early with status 0 does not pass. Where
+  the language table allows, the program is fed on stdin, so that no file holds the tests or
+  the token for the program to read, and the token's print vanishes with the asserts under
+  `python -O`. The tests still run in the program's own process, as in every HumanEval-style
+  harness: a program that attacks its interpreter (an `__eq__` that always holds, patched
+  builtins, reading its own code objects) can fake a pass. `tests` (I/O) runs have no such
+  hole: the expected output never enters the sandbox.
 
 Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
 passed (tests not run after a stop count as failed). The status is that of the first failing
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -42,6 +49,23 @@ def _show(text: str) -> str:
 def _tail(raw: bytes) -> str:
     lines = raw.decode(errors="replace").rstrip().splitlines()
     return "\n".join(lines[-_TAIL_LINES:])
+
+
+def _with_source(stderr: bytes, frame: re.Pattern[str], program: str) -> bytes:
+    """A traceback of a program read from stdin, with each frame's source line put back."""
+    source = program.splitlines()
+    lines = stderr.decode(errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        found = frame.match(line)
+        if found is None or not 0 < int(found[1]) <= len(source):
+            continue
+        text = source[int(found[1]) - 1].strip()
+        following = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if text and following != text:  # syntax errors show their line already
+            out.append(f"    {text}")
+    return "\n".join(out).encode() + b"\n"
 
 
 def _matches(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
@@ -129,8 +153,13 @@ class CodeVerifier:
         token = secrets.token_hex(16)
         end = language.test_code_end.format(token=token)
         program = payload.rstrip("\n") + language.test_code_join + spec.test_code + end
-        job = Job(argv=language.run, files={language.file: program}, limits=limits)
+        if language.test_code_run:  # no file for the program to read its tests or token from
+            job = Job(argv=language.test_code_run, stdin=program.encode(), limits=limits)
+        else:
+            job = Job(argv=language.run, files={language.file: program}, limits=limits)
         run = await sandbox.run(job)
+        if language.stdin_frame is not None and language.test_code_run:
+            run = replace(run, stderr=_with_source(run.stderr, language.stdin_frame, program))
         status, why = classify(run, language, limits)
         if status is Status.PASSED and end and token.encode() not in run.stdout:
             status, why = Status.FAILED, "the program exited (status 0) before the test code ran"

@@ -321,3 +321,83 @@ async def test_test_code_output_does_not_confuse_the_end_check(sandbox: LocalSan
         test_code="assert add(2, 2) == 4\nprint('done')\n",
     )
     assert (status, reward) == (Status.PASSED, 1.0)
+
+
+# -- test_code cheats: a wrong `add` that tries to pass anyway ----------------------------------
+
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+FIND_TOKEN = (
+    "import os, re\n"
+    "def _token():\n"
+    "    for path in ('/work/main.py', 'main.py', '/proc/self/fd/0'):\n"
+    "        try:\n"
+    "            return re.findall(r\"print\\('([0-9a-f]{32})'\", open(path).read())[-1]\n"
+    "        except (OSError, IndexError):\n"
+    "            pass\n"
+    "    return 'no-token'\n"
+)
+TEST_CHEATS = {
+    "reads_its_source_for_the_token": WRONG_ADD
+    + FIND_TOKEN
+    + "print(_token(), flush=True)\nos._exit(0)\n",
+    "atexit_prints_the_token": WRONG_ADD
+    + FIND_TOKEN
+    + "import atexit\natexit.register(lambda: (print(_token(), flush=True), os._exit(0)))\n",
+    "excepthook_prints_the_token": WRONG_ADD
+    + FIND_TOKEN
+    + "import sys\nsys.excepthook = lambda *a: (print(_token(), flush=True), os._exit(0))\n",
+    "reruns_itself_without_asserts": WRONG_ADD
+    + "import os, sys\nif not sys.flags.optimize:\n"
+    + "    for path in ('/work/main.py', 'main.py'):\n"
+    + "        if os.path.exists(path):\n"
+    + "            os.execv('/usr/bin/python3', ['python3', '-O', '-I', '-B', path])\n",
+    "answers_from_its_own_test_code": (
+        "import ast\n_answers = {}\n"
+        "for path in ('/work/main.py', 'main.py'):\n"
+        "    try:\n        tree = ast.parse(open(path).read())\n    except OSError:\n"
+        "        continue\n"
+        "    for node in ast.walk(tree):\n"
+        "        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):\n"
+        "            call = node.test.left\n"
+        "            args = tuple(ast.literal_eval(a) for a in call.args)\n"
+        "            _answers[args] = ast.literal_eval(node.test.comparators[0])\n"
+        "def add(a, b):\n    return _answers.get((a, b), 0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("cheat", list(TEST_CHEATS.values()), ids=list(TEST_CHEATS))
+async def test_test_code_cheats_do_not_pass(sandbox: LocalSandbox, cheat: str) -> None:
+    status, reward, feedback, _ = await judge(
+        sandbox, cheat, test_code="assert add(2, 2) == 4\nassert add(-3, 10) == 7\n"
+    )
+    assert reward == 0.0, (status, feedback)
+
+
+# What the in-process harness cannot stop (the module docstring of verifiers/code.py says so).
+# Strict: the day one of these stops passing, this list must be brought up to date.
+IN_PROCESS_HOLES = {
+    "eq_always_true": (
+        "class _Yes(int):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\ndef add(a, b):\n    return _Yes(0)\n"
+    ),
+    "token_from_its_code_object": WRONG_ADD
+    + "import os, re, sys\n"
+    + "_t = [c for c in sys._getframe().f_code.co_consts\n"
+    + "      if isinstance(c, str) and re.fullmatch('[0-9a-f]{32}', c)]\n"
+    + "print(_t[-1], flush=True)\nos._exit(0)\n",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="test_code runs in the program's own process")
+@pytest.mark.parametrize("cheat", list(IN_PROCESS_HOLES.values()), ids=list(IN_PROCESS_HOLES))
+async def test_in_process_holes_remain(sandbox: LocalSandbox, cheat: str) -> None:
+    status, reward, feedback, _ = await judge(sandbox, cheat, test_code="assert add(2, 2) == 4\n")
+    assert reward == 0.0, (status, feedback)
+
+
+async def test_test_code_failures_show_the_failing_line(sandbox: LocalSandbox) -> None:
+    _, _, feedback, _ = await judge(
+        sandbox, WRONG_ADD, test_code="assert add(1, 1) == 0\nassert add(2, 2) == 4\n"
+    )
+    assert 'File "<stdin>", line 5, in <module>\n    assert add(2, 2) == 4' in feedback
