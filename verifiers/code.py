@@ -46,9 +46,15 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
 
 
+# Control characters (terminal escapes, NULs) a program wrote: escaped, since feedback may be
+# shown to a person's terminal or fed back to a model.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _tail(raw: bytes) -> str:
     lines = raw.decode(errors="replace").rstrip().splitlines()
-    return "\n".join(lines[-_TAIL_LINES:])
+    text = "\n".join(lines[-_TAIL_LINES:])
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 def _with_source(stderr: bytes, frame: re.Pattern[str], program: str) -> bytes:

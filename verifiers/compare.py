@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 CompareMode = Literal["exact", "lines", "tokens", "float"]
@@ -15,12 +16,18 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+# A number as checkers print and read them: ASCII digits, an optional point and exponent.
+# Python's float() takes more ('１２', '1_000', 'infinity'), which a model could use to pass
+# a wrong answer off as a number.
+_NUMBER = re.compile(
+    r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.I
+)
+
+
 def _number(token: str) -> float | None:
-    try:
-        value = float(token)
-    except ValueError:
+    if not _NUMBER.fullmatch(token):
         return None
-    return value
+    return float(token)
 
 
 def _close(a: str, b: str, tol: float) -> bool:

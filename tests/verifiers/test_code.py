@@ -401,3 +401,14 @@ async def test_test_code_failures_show_the_failing_line(sandbox: LocalSandbox) -
         sandbox, WRONG_ADD, test_code="assert add(1, 1) == 0\nassert add(2, 2) == 4\n"
     )
     assert 'File "<stdin>", line 5, in <module>\n    assert add(2, 2) == 4' in feedback
+
+
+async def test_control_characters_in_feedback_are_escaped(sandbox: LocalSandbox) -> None:
+    program = (
+        "import sys\nsys.stderr.write('\\x1b[2J\\x1b[31mfake\\x00 result\\tok\\n')\nsys.exit(3)\n"
+    )
+    status, _, feedback, _ = await judge(sandbox, program, tests=SUM_TESTS)
+    assert status is Status.RUNTIME_ERROR
+    assert "\\x1b[2J\\x1b[31mfake\\x00 result\tok" in feedback
+    assert "\x1b" not in feedback
+    assert "\x00" not in feedback

@@ -22,6 +22,10 @@ CASES: list[tuple[str, str, str, CompareMode, bool]] = [
     ("float_count_differs", "1 2", "1", "float", False),
     ("float_nan", "nan", "nan", "float", True),
     ("float_inf_vs_number", "inf", "1e308", "float", False),
+    ("float_exponent", "1.5E+3", "1500", "float", True),
+    ("float_fullwidth_digit_is_no_number", "\uff13", "3", "float", False),
+    ("float_underscore_is_no_number", "1_0", "10", "float", False),
+    ("float_signs", "-0.0 +2", "0 2.0000000001", "float", True),
 ]
 
 
