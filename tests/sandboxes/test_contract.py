@@ -250,3 +250,19 @@ async def test_unsandboxed_mode_runs_only_when_chosen(tmp_path: Path) -> None:
         )
     )
     assert slow.timed_out
+
+
+def test_jobs_see_only_world_readable_allowed_etc() -> None:
+    from assay.sandboxes.local import ETC_ALLOWED, etc_view
+
+    view = Path(etc_view())
+    assert (view / "passwd").is_file()
+    assert (view / "ld.so.cache").is_file()
+    for path in view.rglob("*"):
+        top = path.relative_to(view).parts[0]
+        assert any(Path(top).match(p) for p in ETC_ALLOWED), path
+        if not path.is_symlink():
+            assert path.stat().st_mode & 0o004, f"{path} is not world-readable on the host"
+    private = Path("/etc/ssl/private")
+    if private.is_dir() and not private.stat().st_mode & 0o004:
+        assert not (view / "ssl" / "private").exists()
