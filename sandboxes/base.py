@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,8 @@ class Limits:
     cpu_s: float | None = None
     """CPU seconds; `None` means the wall-clock limit plus one second."""
     memory_mb: int = 512
+    """Address space of each process; where the sandbox has a per-job cgroup, also the job's
+    memory as a whole (all its processes), with room for its files in memory on top."""
     processes: int = 64
     file_mb: int = 64
     """The largest file the program may write, and the size of its writable work dir."""
@@ -83,6 +85,10 @@ class Sandbox(Protocol):
 
     async def check(self) -> str | None:
         """Like `unavailable_reason`, after making sure: start a trivial job once if need be."""
+        ...
+
+    def facts(self) -> dict[str, Any]:
+        """What `GET /v1/verifiers` shows of the sandbox (backend, isolation, limits it has)."""
         ...
 
     def has_tool(self, tool: str) -> bool:

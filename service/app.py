@@ -90,6 +90,7 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         max_jobs=settings.sandbox_jobs,
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
+        memory_cgroups=settings.sandbox_memory_cgroups,
     )
     return Engine(
         sandbox,
@@ -192,7 +193,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
     async def verifiers() -> VerifiersResponse:
-        return VerifiersResponse(verifiers=[VerifierInfo(**row) for row in await engine.describe()])
+        rows = await engine.describe()
+        return VerifiersResponse(
+            verifiers=[VerifierInfo(**row) for row in rows], sandbox=engine.sandbox.facts()
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     sandbox_jobs: int = Field(
         default_factory=lambda: 2 * _cores(), ge=1, description="Sandbox jobs running at once."
     )
+    sandbox_memory_cgroups: bool = Field(
+        default=True,
+        description="A memory cgroup per job where this process may make them (root, or a "
+        "delegated cgroup): caps all of a job's processes and tmpfs files together.",
+    )
     sandbox_uid_base: int = Field(default=61000, ge=1000)
     sandbox_uid_count: int = Field(default=1000, ge=1)
     concurrency: dict[str, int] = Field(

@@ -87,7 +87,9 @@ def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status
         return Status.OUTPUT_LIMIT, f"output limit exceeded ({limits.output_bytes} bytes)"
     if run.file_exceeded or (run.exit_code != 0 and _FILE_LIMIT.search(stderr)):
         return Status.OUTPUT_LIMIT, f"file size limit exceeded ({limits.file_mb} MB)"
-    if run.oom_killed or (run.exit_code != 0 and _matches(language.memory_error, stderr)):
+    # A program that exits 0 although one of its processes died for memory has still done
+    # its work; its output is judged.
+    if run.exit_code != 0 and (run.oom_killed or _matches(language.memory_error, stderr)):
         return Status.MEMORY_LIMIT, f"memory limit exceeded ({limits.memory_mb} MB)"
     if run.exit_code == 0:
         return Status.PASSED, ""

@@ -32,6 +32,7 @@ class Hostile:
     code: str
     status: Status
     stdout: bytes | None = None  # what it must (not) have printed, when it matters
+    needs_cgroup: bool = False  # only a per-job memory cgroup can stop it
 
 
 HOSTILE = [
@@ -150,7 +151,37 @@ HOSTILE = [
         Status.PASSED,
         b"True\n",
     ),
+    Hostile(
+        # Each child stays under its own address-space limit; together they are 5 x 200 MB.
+        "forks_to_multiply_its_memory",
+        "import os, sys, time\nkids = []\nfor _ in range(5):\n    pid = os.fork()\n"
+        "    if pid == 0:\n        block = bytearray(200 << 20)\n        time.sleep(0.5)\n"
+        "        os._exit(0)\n    kids.append(pid)\n"
+        "codes = [os.waitpid(k, 0)[1] for k in kids]\nprint(codes)\n"
+        "sys.exit(1 if any(codes) else 0)\n",
+        Status.MEMORY_LIMIT,
+        needs_cgroup=True,
+    ),
+    Hostile(
+        # memfd pages belong to no address space: 100 x 7 MB, each under the file-size limit.
+        "hoards_memory_in_memfds",
+        "import os\nfds = []\nfor _ in range(100):\n    fd = os.memfd_create('x')\n"
+        "    os.write(fd, b'x' * (7 << 20))\n    fds.append(fd)\nprint('held 700 MB')\n",
+        Status.MEMORY_LIMIT,
+        b"",
+        needs_cgroup=True,
+    ),
 ]
+
+
+def _scratch_files() -> set[str]:
+    """What is in the host's scratch places (/tmp, /dev/shm): a job must leave nothing there."""
+    return {
+        os.path.join(place, name)
+        for place in (tempfile.gettempdir(), "/dev/shm")
+        if os.path.isdir(place)
+        for name in os.listdir(place)
+    }
 
 
 def _uids_running(base: int, count: int) -> list[str]:
@@ -188,7 +219,9 @@ async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 @needs_bwrap
 @pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
 async def test_hostile_program(sandbox: LocalSandbox, case: Hostile) -> None:
-    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    if case.needs_cgroup and sandbox.cgroups_reason:
+        pytest.skip(f"no per-job memory cgroup here: {sandbox.cgroups_reason}")
+    tmp_before = _scratch_files()
     run: RunResult = await sandbox.run(
         Job(argv=PYTHON.run, files={PYTHON.file: case.code}, limits=LIMITS)
     )
@@ -199,7 +232,11 @@ async def test_hostile_program(sandbox: LocalSandbox, case: Hostile) -> None:
     assert run.time_s < LIMITS.wall_s + SLACK_S
     if os.geteuid() == 0:
         assert await _gone(62000, 50) == []
-    assert set(os.listdir(tempfile.gettempdir())) - tmp_before == set()
+    assert _scratch_files() - tmp_before == set()
+    if sandbox._cgroups is not None:  # the job's cgroup is empty and ready for the next
+        for job_cgroup in (p for p in sandbox._cgroups.base.iterdir() if p.is_dir()):
+            assert (job_cgroup / "cgroup.procs").read_text() == ""
+            assert job_cgroup in sandbox._cgroups._free
 
 
 @needs_bwrap
@@ -252,10 +289,9 @@ async def test_unsandboxed_mode_runs_only_when_chosen(tmp_path: Path) -> None:
     assert slow.timed_out
 
 
-def test_jobs_see_only_world_readable_allowed_etc() -> None:
-    from assay.sandboxes.local import ETC_ALLOWED, etc_view
+def _check_etc_view(view: Path) -> None:
+    from assay.sandboxes.local import ETC_ALLOWED
 
-    view = Path(etc_view())
     assert (view / "passwd").is_file()
     assert (view / "ld.so.cache").is_file()
     for path in view.rglob("*"):
@@ -266,3 +302,10 @@ def test_jobs_see_only_world_readable_allowed_etc() -> None:
     private = Path("/etc/ssl/private")
     if private.is_dir() and not private.stat().st_mode & 0o004:
         assert not (view / "ssl" / "private").exists()
+
+
+async def test_jobs_see_only_world_readable_allowed_etc(sandbox: LocalSandbox) -> None:
+    assert sandbox._etc is not None
+    _check_etc_view(sandbox._etc)
+    await sandbox.close()
+    assert sandbox._etc.name not in os.listdir(sandbox._etc.parent)

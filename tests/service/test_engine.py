@@ -42,6 +42,9 @@ class CountingSandbox:
     def has_tool(self, tool: str) -> bool:
         return self.inner.has_tool(tool)
 
+    def facts(self) -> dict[str, Any]:
+        return self.inner.facts()
+
     async def check(self) -> str | None:
         return await self.inner.check()
 
