@@ -20,7 +20,14 @@ from assay.clients.client import (
     AsyncAssayClient,
 )
 from assay.clients.progress import Progress
-from assay.clients.schema import AssayError, ScoreItem, ScoreResult, Status
+from assay.clients.schema import (
+    AssayError,
+    ScoreItem,
+    ScoreResult,
+    Status,
+    VerifierInfo,
+    VerifiersResponse,
+)
 
 SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
 
@@ -309,7 +316,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_verifiers(args: argparse.Namespace) -> int:
     if args.url:
         with AssayClient(args.url, api_key=args.api_key) as client:
-            rows = [v.model_dump() for v in client.verifiers()]
+            listing = client.describe()
     else:
         _need_server()
         from assay.service.app import build_engine
@@ -317,20 +324,32 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
 
         engine = build_engine(Settings())
 
-        async def describe() -> list[dict[str, Any]]:
+        async def describe() -> VerifiersResponse:
             await engine.sandbox.check()
-            return await engine.describe()
+            rows = await engine.describe()
+            await engine.close()
+            return VerifiersResponse(
+                verifiers=[VerifierInfo(**row) for row in rows], sandbox=engine.sandbox.facts()
+            )
 
-        rows = asyncio.run(describe())
+        listing = asyncio.run(describe())
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(listing.model_dump_json(indent=2))
         return 0
-    for row in rows:
-        state = "available" if row["available"] else f"unavailable: {row['reason']}"
-        print(f"{row['name']}: {state}")
-        for name, lang in row["facts"].get("languages", {}).items():
+    for verifier in listing.verifiers:
+        state = "available" if verifier.available else f"unavailable: {verifier.reason}"
+        print(f"{verifier.name}: {state}")
+        for name, lang in verifier.facts.get("languages", {}).items():
             mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
             print(f"  {name}: {mark}")
+    box = listing.sandbox
+    if box:
+        cap = (
+            "yes"
+            if box.get("memory_cgroup_per_job")
+            else f"no ({box.get('memory_cgroup_reason', 'unknown')})"
+        )
+        print(f"sandbox: {box.get('backend')} ({box.get('isolation')}); per-job memory cap: {cap}")
     return 0
 
 

@@ -137,8 +137,13 @@ class AssayClient:
                 raise AssayConnectionError(f"{self._http.base_url}: stream broken: {exc}") from exc
 
     def verifiers(self) -> list[VerifierInfo]:
+        """What the deployment can verify."""
+        return self.describe().verifiers
+
+    def describe(self) -> VerifiersResponse:
+        """`GET /v1/verifiers` whole: the verifiers and how the deployment sandboxes jobs."""
         response = self._request("GET", "/v1/verifiers")
-        return VerifiersResponse.model_validate_json(response.content).verifiers
+        return VerifiersResponse.model_validate_json(response.content)
 
     def close(self) -> None:
         self._http.close()
@@ -211,8 +216,11 @@ class AsyncAssayClient:
                 raise AssayConnectionError(f"{self._http.base_url}: stream broken: {exc}") from exc
 
     async def verifiers(self) -> list[VerifierInfo]:
+        return (await self.describe()).verifiers
+
+    async def describe(self) -> VerifiersResponse:
         response = await self._request("GET", "/v1/verifiers")
-        return VerifiersResponse.model_validate_json(response.content).verifiers
+        return VerifiersResponse.model_validate_json(response.content)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -104,6 +104,10 @@ class VerifierInfo(BaseModel):
 
 class VerifiersResponse(BaseModel):
     verifiers: list[VerifierInfo]
+    sandbox: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How this deployment isolates jobs: backend, isolation, per-job memory cap.",
+    )
 
 
 # Specs: each verifier validates its item's `spec` against one of these. A spec that does not

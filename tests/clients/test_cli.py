@@ -100,8 +100,12 @@ def test_verifiers_listing(server: Server) -> None:
     assert here.returncode == 0
     assert "code: available" in here.stdout
     assert "python: yes" in here.stdout
+    assert "per-job memory cap: " in here.stdout
     remote = assay("verifiers", "--url", server.url, "--json")
-    assert json.loads(remote.stdout)[0]["name"] == "code"
+    listing = json.loads(remote.stdout)
+    assert listing["verifiers"][0]["name"] == "code"
+    assert listing["sandbox"]["backend"] == "local"
+    assert listing["sandbox"]["isolation"] == "bwrap"
 
 
 def test_batches_too_large_for_the_server_are_split(tmp_path: Path, server: Server) -> None:

@@ -206,7 +206,10 @@ def test_operational_endpoints(server: Server) -> None:
     assert "swagger" in httpx.get(server.url + "/docs").text.lower()
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
     assert {"/v1/score", "/v1/score/stream", "/v1/verifiers"} <= set(paths)
-    verifiers = httpx.get(server.url + "/v1/verifiers").json()["verifiers"]
+    listing = httpx.get(server.url + "/v1/verifiers").json()
+    assert listing["sandbox"]["isolation"] == "bwrap"
+    assert isinstance(listing["sandbox"]["memory_cgroup_per_job"], bool)
+    verifiers = listing["verifiers"]
     code = next(v for v in verifiers if v["name"] == "code")
     assert code["available"] is True
     assert code["facts"]["languages"]["python"]["available"] is True
