@@ -125,11 +125,12 @@ def rss_mb(pid: int) -> float:
 
 
 class Service:
-    """A real `assay serve` process with default settings on a free loopback port."""
+    """A real `assay serve` process on a free loopback port: default settings, but `settings`."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str]) -> None:
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
+        env.update({f"ASSAY_{k.upper()}": v for k, v in settings.items()})
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -177,9 +178,17 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="fresh items each round")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "code_sum.json")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting (ASSAY_NAME), e.g. sandbox_memory_cgroups=false",
+    )
     args = parser.parse_args()
+    settings = dict(s.split("=", 1) for s in args.setting)
 
-    service = Service()
+    service = Service(settings)
     try:
         idle_mb = rss_mb(service.process.pid)
         rounds = []
@@ -226,6 +235,7 @@ def main() -> int:
         "benchmark": "code_sum",
         "cores": os.cpu_count(),
         "plain": f"subprocess.run([{PYTHON}, '-c', code]) in a pool of {os.cpu_count()} threads",
+        "settings": settings,
         "service_rss_idle_mb": round(idle_mb, 1),
         "service_rss_after_mb": round(after_mb, 1),
         "median_ratio": statistics.median(r["ratio"] for r in rounds),
