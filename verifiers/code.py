@@ -9,7 +9,9 @@ Two kinds of test (API.md, code spec):
   code must appear, so that a program which exits early with status 0 does not pass. Where
   the language table allows, the program is fed on stdin, so that no file holds the tests or
   the token for the program to read, and the token's print vanishes with the asserts under
-  `python -O`. The tests still run in the program's own process, as in every HumanEval-style
+  `python -O`. The program may not start processes or threads: forked children could try
+  answers against the asserts until one survives. The tests still run in the program's own
+  process, as in every HumanEval-style
   harness: a program that attacks its interpreter (an `__eq__` that always holds, patched
   builtins, reading its own code objects) can fake a pass. `tests` (I/O) runs have no such
   hole: the expected output never enters the sandbox.
@@ -21,6 +23,8 @@ test. Every run has the spec's time and memory limits, enforced by the sandbox f
 
 from __future__ import annotations
 
+import io
+import itertools
 import re
 import secrets
 from dataclasses import replace
@@ -58,20 +62,21 @@ def _tail(raw: bytes) -> str:
 
 
 def _with_source(stderr: bytes, frame: re.Pattern[str], program: str) -> bytes:
-    """A traceback of a program read from stdin, with each frame's source line put back."""
-    source = program.splitlines()
-    lines = stderr.decode(errors="replace").splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        out.append(line)
-        found = frame.match(line)
-        if found is None or not 0 < int(found[1]) <= len(source):
+    """The tail of a traceback of a program read from stdin, with the source line of its last
+    frame put back. Only that one, and only in the tail: the program writes its own stderr and
+    could name any number of lines, of the hidden tests too."""
+    lines = stderr.decode(errors="replace").splitlines()[-(_TAIL_LINES - 1) :]
+    for i in range(len(lines) - 1, -1, -1):
+        found = frame.match(lines[i])
+        if found is None:
             continue
-        text = source[int(found[1]) - 1].strip()
+        number = int(found[1])
+        text = next(itertools.islice(io.StringIO(program), number - 1, number), "").strip()
         following = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if text and following != text:  # syntax errors show their line already
-            out.append(f"    {text}")
-    return "\n".join(out).encode() + b"\n"
+        if text and following != text[:_SHOWN]:  # syntax errors show their line already
+            lines.insert(i + 1, f"    {text[:_SHOWN]}")
+        break
+    return "\n".join(lines).encode() + b"\n"
 
 
 def _matches(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
@@ -158,6 +163,9 @@ class CodeVerifier:
         self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
     ) -> Verdict:
         assert spec.test_code is not None
+        # No processes or threads: a program that may fork can search the tests' answers
+        # (each child tries a value; the one that survives the asserts prints the token).
+        limits = replace(limits, processes=1)
         token = secrets.token_hex(16)
         end = language.test_code_end.format(token=token)
         program = payload.rstrip("\n") + language.test_code_join + spec.test_code + end

@@ -351,6 +351,12 @@ TEST_CHEATS = {
     + "    for path in ('/work/main.py', 'main.py'):\n"
     + "        if os.path.exists(path):\n"
     + "            os.execv('/usr/bin/python3', ['python3', '-O', '-I', '-B', path])\n",
+    "forks_to_search_the_answers": (
+        "import os, sys\ndef add(a, b):\n    for guess in range(-20, 21):\n"
+        "        sys.stdout.flush()\n        pid = os.fork()\n        if pid == 0:\n"
+        "            return guess\n        if os.waitpid(pid, 0)[1] == 0:\n"
+        "            os._exit(0)\n    os._exit(1)\n"
+    ),
     "answers_from_its_own_test_code": (
         "import ast\n_answers = {}\n"
         "for path in ('/work/main.py', 'main.py'):\n"
@@ -381,6 +387,25 @@ IN_PROCESS_HOLES = {
         "class _Yes(int):\n    def __eq__(self, other):\n        return True\n"
         "    __hash__ = int.__hash__\ndef add(a, b):\n    return _Yes(0)\n"
     ),
+    "skips_the_asserts_with_a_tracer": WRONG_ADD
+    + "import dis, sys\n_here = sys._getframe()\n_asserts, _line = set(), None\n"
+    + "for _op in dis.get_instructions(_here.f_code):\n"
+    + "    _line = _op.starts_line or _line\n"
+    + "    if _op.opname == 'LOAD_ASSERTION_ERROR':\n        _asserts.add(_line)\n"
+    + "def _trace(frame, event, arg):\n"
+    + "    if frame is _here and event == 'line' and frame.f_lineno in _asserts:\n"
+    + "        frame.f_lineno = max(_asserts) + 1\n    return _trace\n"
+    + "_here.f_trace = _trace\nsys.settrace(_trace)\n",
+    "token_from_its_own_memory": WRONG_ADD
+    + "import os, re, sys\n_mem = open('/proc/self/mem', 'rb', 0)\n_token = None\n"
+    + "for _row in open('/proc/self/maps'):\n"
+    + "    _span, _perm = _row.split()[:2]\n"
+    + "    _lo, _hi = (int(x, 16) for x in _span.split('-'))\n"
+    + "    try:\n        _mem.seek(_lo)\n"
+    + "        _found = re.search(rb\"print\\('([0-9a-f]{32})'\", _mem.read(_hi - _lo))\n"
+    + "    except (OSError, OverflowError, ValueError):\n        continue\n"
+    + "    if 'r' in _perm and _found:\n        _token = _found[1].decode()\n        break\n"
+    + "sys.excepthook = lambda *a: (print(_token, flush=True), os._exit(0))\n",
     "token_from_its_code_object": WRONG_ADD
     + "import os, re, sys\n"
     + "_t = [c for c in sys._getframe().f_code.co_consts\n"
@@ -389,7 +414,9 @@ IN_PROCESS_HOLES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="test_code runs in the program's own process")
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="test_code runs in the program's own process"
+)
 @pytest.mark.parametrize("cheat", list(IN_PROCESS_HOLES.values()), ids=list(IN_PROCESS_HOLES))
 async def test_in_process_holes_remain(sandbox: LocalSandbox, cheat: str) -> None:
     status, reward, feedback, _ = await judge(sandbox, cheat, test_code="assert add(2, 2) == 4\n")
