@@ -19,6 +19,8 @@ class Limits:
     """Address space of each process; where the sandbox has a per-job cgroup, also the job's
     memory as a whole (all its processes), with room for its files in memory on top."""
     processes: int = 64
+    """Processes and threads of the program, itself included; 1: it may start none (enforced
+    by seccomp where the sandbox has it, as well as by RLIMIT_NPROC)."""
     file_mb: int = 64
     """The largest file the program may write, and the size of its writable work dir."""
     output_bytes: int = 1 << 20

@@ -142,7 +142,10 @@ class MemoryCgroups:
 
     def job(self, limit_bytes: int) -> JobCgroup:
         """An empty cgroup capped at `limit_bytes`, swap included."""
-        path = self._free.pop() if self._free else None
+        try:  # called from worker threads: pop, do not check first
+            path: Path | None = self._free.pop()
+        except IndexError:
+            path = None
         if path is not None:
             try:
                 self._cap(path, limit_bytes)
@@ -184,7 +187,7 @@ class MemoryCgroups:
 
     def close(self) -> None:
         """Remove every job cgroup, and the base."""
-        for path in [*self._free, *sorted(self._busy)]:
+        for path in self.base.glob("job-*"):
             with contextlib.suppress(OSError):
                 path.rmdir()
         self._free.clear()
@@ -214,6 +217,11 @@ class JobCgroup:
     def oom_kills(self) -> int:
         """Processes the kernel killed in this cgroup for memory during this job."""
         return self.owner._oom_kills(self.path) - self._oom_before
+
+    def abandon(self) -> None:
+        """Give back a cgroup no job entered."""
+        os.close(self._procs)
+        self.owner._free.append(self.path)
 
     async def release(self) -> None:
         """Give the cgroup back once the job's last process has left it (the kernel may take a

@@ -35,10 +35,11 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from assay.sandboxes import seccomp
 from assay.sandboxes.base import Job, Limits, RunResult
 from assay.sandboxes.cgroups import CgroupUnavailable, JobCgroup, MemoryCgroups, pid_alive
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
@@ -81,8 +82,10 @@ ETC_ALLOWED = (
 )
 # The job's own processes and open files: RLIMIT_NPROC counts threads too.
 _NOFILE = 256
+_NPROC_SLACK = 8
 
 Isolation = Literal["bwrap", "unsandboxed"]
+T = TypeVar("T")
 
 
 class UidPool:
@@ -96,21 +99,51 @@ class UidPool:
     def __init__(self, base: int, count: int, lock_dir: Path) -> None:
         self.base, self.count, self.lock_dir = base, count, lock_dir
         self._held: dict[int, int] = {}
+        # Round robin from a random start: a uid comes back only after the whole pool has
+        # turned over, by when what its last job left (zombies that the host's init has yet
+        # to reap) is gone; several workers start at different places.
+        self._next = random.randrange(count)
+        self._checked = False
+
+    def _check_lock_dir(self) -> None:
+        """The lock dir must be this user's alone: in a place others may write to, another
+        user could take every uid (all jobs fail) or plant links that root then follows."""
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        found = os.lstat(self.lock_dir)
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+            raise SandboxUnavailable(
+                f"the sandbox uid lock dir {self.lock_dir} is not a directory of this user's"
+            )
+        if found.st_mode & 0o077:
+            raise SandboxUnavailable(
+                f"the sandbox uid lock dir {self.lock_dir} is open to others "
+                f"(mode {stat.S_IMODE(found.st_mode):o}); it must be 0700"
+            )
 
     def acquire(self) -> int:
-        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        start = random.randrange(self.count)
+        if not self._checked:
+            self._check_lock_dir()
+            self._checked = True
+        start = self._next
         for i in range(self.count):
             uid = self.base + (start + i) % self.count
             if uid in self._held:
                 continue
-            fd = os.open(self.lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(
+                    self.lock_dir / f"{uid}.lock",
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as exc:
+                raise SandboxError(f"cannot open the lock of uid {uid}: {exc}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 continue
             self._held[uid] = fd
+            self._next = (uid - self.base + 1) % self.count
             return uid
         raise SandboxError(f"all {self.count} sandbox uids from {self.base} are in use")
 
@@ -211,7 +244,8 @@ class LocalSandbox:
         self.max_jobs = max_jobs or 2 * (os.cpu_count() or 1)
         self._slots = asyncio.Semaphore(self.max_jobs)
         self._as_root = os.geteuid() == 0
-        lock_dir = lock_dir or Path(tempfile.gettempdir()) / "assay-sandbox-uids"
+        # Root's own place (/run), not the world-writable /tmp.
+        lock_dir = lock_dir or Path("/run/assay/sandbox-uids")
         self._uids = UidPool(uid_base, uid_count, lock_dir) if self._as_root else None
         self._bwrap = shutil.which(bwrap) if bwrap else None
         self._prlimit = shutil.which("prlimit")
@@ -320,9 +354,10 @@ class LocalSandbox:
         cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
-        # bwrap and its pid-1 reaper count against the process limit too; `processes` is what
-        # the program itself may have, itself included.
-        nproc = limits.processes + 2
+        # bwrap and its pid-1 reaper count against the process limit too, and so may a
+        # previous job's bwrap zombies until the host's init reaps them; `processes` is what
+        # the program itself may have (processes == 1 is held exactly by seccomp).
+        nproc = limits.processes + _NPROC_SLACK
         return [
             self._prlimit,
             f"--cpu={cpu}:{cpu + 1}",
@@ -367,15 +402,25 @@ class LocalSandbox:
         for name in job.files:
             if "/" in name or name in ("", ".", ".."):
                 raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            # Off the event loop: capping a reused cgroup may make the kernel reclaim what the
+            # last job left charged to it (0.7 s seen).
+            cgroup = await _unless_cancelled(
+                asyncio.to_thread(self._job_cgroup, job.limits), JobCgroup.abandon
+            )
+            if cgroup is not None:
+                stack.push_async_callback(cgroup.release)
             enter: Callable[[], None] | None = None
             on_start: Callable[[int], Awaitable[None]] | None = None
             if self.isolation == "bwrap":
                 fds = [stack.enter_context(_memfd(name, data)) for name, data in job.files.items()]
-                cgroup = self._job_cgroup(job.limits)
-                gate = stack.enter_context(_BwrapGate(cgroup)) if cgroup else None
                 bwrap = self._bwrap_args(job, dict(zip(job.files, fds, strict=True)))
-                if gate is not None:
+                rules = seccomp.program(processes=job.limits.processes > 1)
+                if rules is not None:
+                    fds.append(stack.enter_context(_memfd("seccomp", rules)))
+                    bwrap[1:1] = ["--seccomp", str(fds[-1])]
+                if cgroup is not None:
+                    gate = stack.enter_context(_BwrapGate(cgroup))
                     bwrap[1:1] = gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
@@ -387,19 +432,14 @@ class LocalSandbox:
                 _write_files(Path(workdir), job.files, uid)
                 argv = self._prlimit_args(job.limits) + list(job.argv)
                 cwd, env = workdir, _sandbox_env(workdir)
-                cgroup = self._job_cgroup(job.limits)
-                enter = cgroup.join if cgroup else None
+                enter = cgroup.join if cgroup is not None else None
             if uid is not None:
                 assert self._setpriv is not None
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
-            try:
-                result = await _execute(argv, job, uid, cwd, env, fds, enter, on_start)
-                if cgroup is not None and cgroup.oom_kills():
-                    result = dataclasses.replace(result, oom_killed=True)
-                return result
-            finally:
-                if cgroup is not None:
-                    await cgroup.release()
+            result = await _execute(argv, job, uid, cwd, env, fds, enter, on_start)
+            if cgroup is not None and cgroup.oom_kills():
+                result = dataclasses.replace(result, oom_killed=True)
+            return result
         raise AssertionError("unreachable")
 
     def _job_cgroup(self, limits: Limits) -> JobCgroup | None:
@@ -412,6 +452,25 @@ class LocalSandbox:
             return self._cgroups.job(cap)
         except OSError as exc:
             raise SandboxError(f"could not make the job's memory cgroup: {exc}") from exc
+
+
+async def _unless_cancelled(
+    work: Coroutine[Any, Any, T | None], undo: Callable[[T], None]
+) -> T | None:
+    """Await `work` (a thread's); if the waiter is cancelled, `undo` what it makes once done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def undone(done: asyncio.Future[T | None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                made = done.result()
+                if made is not None:
+                    undo(made)
+
+        task.add_done_callback(undone)
+        raise
 
 
 class _BwrapGate:

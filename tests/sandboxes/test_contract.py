@@ -7,6 +7,7 @@ file behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from assay.sandboxes import Job, Limits, LocalSandbox, RunResult, languages
+from assay.sandboxes.local import _NPROC_SLACK
 from assay.verifiers.base import Status
 from assay.verifiers.code import classify
 from tests.conftest import needs_bwrap
@@ -152,6 +154,23 @@ HOSTILE = [
         b"True\n",
     ),
     Hostile(
+        # Loopback and netlink socket buffers are memory no cgroup v1 limit counts: only
+        # AF_UNIX sockets may be made, and no io_uring (it makes sockets without socket()).
+        "opens_sockets_other_than_unix",
+        "import ctypes, socket\nout = []\n"
+        "for family, kind in [(socket.AF_INET, socket.SOCK_DGRAM),\n"
+        "        (socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_NETLINK, socket.SOCK_RAW),\n"
+        "        (socket.AF_PACKET, socket.SOCK_RAW), (socket.AF_UNIX, socket.SOCK_STREAM)]:\n"
+        "    try:\n        socket.socket(family, kind).close()\n        out.append('open')\n"
+        "    except OSError:\n        out.append('refused')\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "params = ctypes.create_string_buffer(120)\n"
+        "out.append('refused' if libc.syscall(425, 8, params) < 0 else 'io_uring')\n"
+        "print(' '.join(out))\n",
+        Status.PASSED,
+        b"refused refused refused refused open refused\n",
+    ),
+    Hostile(
         # Each child stays under its own address-space limit; together they are 5 x 200 MB.
         "forks_to_multiply_its_memory",
         "import os, sys, time\nkids = []\nfor _ in range(5):\n    pid = os.fork()\n"
@@ -260,7 +279,25 @@ async def test_process_limit_holds_per_job(sandbox: LocalSandbox) -> None:
     if os.geteuid() != 0:
         pytest.skip("per-job process limits need root (a uid per job)")
     assert run.exit_code == 0
-    assert int(run.stdout) < LIMITS.processes
+    assert int(run.stdout) < LIMITS.processes + _NPROC_SLACK
+
+
+@needs_bwrap
+async def test_single_process_jobs_cannot_fork_or_thread(sandbox: LocalSandbox) -> None:
+    code = (
+        "import os, subprocess, threading\n"
+        "def fork():\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "for name, start in [('fork', fork), ('thread', lambda: threading.Thread(\n"
+        "        target=print).start()), ('spawn', lambda: subprocess.run(['true']))]:\n"
+        "    try:\n        start()\n        print(name, 'started')\n"
+        "    except (OSError, RuntimeError):\n        print(name, 'refused')\n"
+    )
+    one = Limits(wall_s=5, processes=1)
+    run = await sandbox.run(Job(argv=PYTHON.run, files={PYTHON.file: code}, limits=one))
+    assert run.stdout == b"fork refused\nthread refused\nspawn refused\n", run
+    many = await sandbox.run(Job(argv=PYTHON.run, files={PYTHON.file: code}, limits=LIMITS))
+    assert many.stdout.count(b"started") == 3, many
 
 
 async def test_missing_bwrap_refuses_work(tmp_path: Path) -> None:
@@ -309,3 +346,24 @@ async def test_jobs_see_only_world_readable_allowed_etc(sandbox: LocalSandbox) -
     _check_etc_view(sandbox._etc)
     await sandbox.close()
     assert sandbox._etc.name not in os.listdir(sandbox._etc.parent)
+
+
+@needs_bwrap
+async def test_cancelled_jobs_leave_nothing_behind(sandbox: LocalSandbox) -> None:
+    """Jobs cancelled at every point of their life (a deadline, a client gone) leave no process,
+    no cgroup, no scratch file once the sandbox closes."""
+    before = _scratch_files()
+    job = Job(argv=PYTHON.run, files={PYTHON.file: "import time\ntime.sleep(5)\n"}, limits=LIMITS)
+    for delay_ms in range(0, 60, 3):
+        task = asyncio.ensure_future(sandbox.run(job))
+        await asyncio.sleep(delay_ms / 1000)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if os.geteuid() == 0:
+        assert await _gone(62000, 50) == []
+    cgroups = sandbox._cgroups
+    await sandbox.close()
+    if cgroups is not None:
+        assert cgroups.base.name not in os.listdir(cgroups.base.parent)
+    assert _scratch_files() - before == set()

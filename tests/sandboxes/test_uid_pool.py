@@ -33,3 +33,21 @@ def test_another_process_cannot_take_a_held_uid(tmp_path: Path) -> None:
             [sys.executable, "-c", other], capture_output=True, text=True, check=True
         ).stdout
         assert int(theirs) == ({70000, 70001} - {mine}).pop()
+
+
+def test_a_lock_dir_open_to_others_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(SandboxError, match="open to others"):
+        UidPool(70000, 2, shared).acquire()
+
+
+def test_a_planted_link_is_not_followed(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    target = tmp_path / "created-through-the-link"
+    (locks / "70000.lock").symlink_to(target)
+    with pytest.raises(SandboxError, match="uid 70000"):
+        UidPool(70000, 1, locks).acquire()
+    assert not target.exists()
