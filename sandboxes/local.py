@@ -80,7 +80,8 @@ ETC_ALLOWED = (
     "timezone",
     "xml",
 )
-# The job's own processes and open files: RLIMIT_NPROC counts threads too.
+# The job's open files; and, for unsandboxed runs, which share the host's process count, room
+# for a previous job's zombies over the process limit.
 _NOFILE = 256
 _NPROC_SLACK = 8
 
@@ -349,25 +350,23 @@ class LocalSandbox:
             with self._uids.hold() as uid:
                 return await self._run(job, uid)
 
-    def _prlimit_args(self, limits: Limits) -> list[str]:
+    def _prlimit_args(self, limits: Limits, *, nproc: bool) -> list[str]:
+        """prlimit, setting every limit but the process count unless `nproc` (see `_run`)."""
         assert self._prlimit is not None
         cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
-        # bwrap and its pid-1 reaper count against the process limit too, and so may a
-        # previous job's bwrap zombies until the host's init reaps them; `processes` is what
-        # the program itself may have (processes == 1 is held exactly by seccomp).
-        nproc = limits.processes + _NPROC_SLACK
-        return [
+        args = [
             self._prlimit,
             f"--cpu={cpu}:{cpu + 1}",
             f"--as={memory}",
             f"--fsize={file_size}",
-            f"--nproc={nproc}",
             f"--nofile={_NOFILE}",
             "--core=0",
-            "--",
         ]
+        if nproc:  # a previous job's zombies may hold the uid for a moment: some slack
+            args.append(f"--nproc={limits.processes + _NPROC_SLACK}")
+        return [*args, "--"]
 
     def _bwrap_args(self, job: Job, fds: dict[str, int]) -> list[str]:
         assert self._bwrap is not None
@@ -396,7 +395,12 @@ class LocalSandbox:
         args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
         for key, value in _sandbox_env(WORK_DIR).items():
             args += ["--setenv", key, value]
-        return [*args, "--", *job.argv]
+        # The process limit is set inside, once bwrap has made the job's user namespace: the
+        # kernel then counts only the job's processes (bwrap's pid 1, the program and what it
+        # starts), whatever else the host uid runs. Set outside, it would count every process
+        # of that uid: the service's own, when it does not run as root.
+        nproc = ["prlimit", f"--nproc={job.limits.processes + 1}", "--"]
+        return [*args, "--", *nproc, *job.argv]
 
     async def _run(self, job: Job, uid: int | None) -> RunResult:
         for name in job.files:
@@ -424,13 +428,13 @@ class LocalSandbox:
                     bwrap[1:1] = gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
-                argv = self._prlimit_args(job.limits) + bwrap
+                argv = self._prlimit_args(job.limits, nproc=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
                 fds = []
                 workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-job-"))
                 _write_files(Path(workdir), job.files, uid)
-                argv = self._prlimit_args(job.limits) + list(job.argv)
+                argv = self._prlimit_args(job.limits, nproc=True) + list(job.argv)
                 cwd, env = workdir, _sandbox_env(workdir)
                 enter = cgroup.join if cgroup is not None else None
             if uid is not None:
