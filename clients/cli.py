@@ -25,7 +25,6 @@ from assay.clients.schema import (
     ScoreItem,
     ScoreResult,
     Status,
-    VerifierInfo,
     VerifiersResponse,
 )
 
@@ -326,11 +325,10 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
 
         async def describe() -> VerifiersResponse:
             await engine.sandbox.check()
-            rows = await engine.describe()
-            await engine.close()
-            return VerifiersResponse(
-                verifiers=[VerifierInfo(**row) for row in rows], sandbox=engine.sandbox.facts()
-            )
+            try:
+                return await engine.describe()
+            finally:
+                await engine.close()
 
         listing = asyncio.run(describe())
     if args.json:

@@ -32,14 +32,11 @@ class Layout:
     version: int
     limit: str
     swap_limit: str
-    swap_value: str  # "no swap beyond the limit", in this version's terms
     oom_events: str  # a file with a line "oom_kill N"
 
 
-V1 = Layout(
-    1, "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "limit", "memory.oom_control"
-)
-V2 = Layout(2, "memory.max", "memory.swap.max", "0", "memory.events")
+V1 = Layout(1, "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.oom_control")
+V2 = Layout(2, "memory.max", "memory.swap.max", "memory.events")
 
 
 class CgroupUnavailable(Exception):
@@ -118,8 +115,7 @@ class MemoryCgroups:
     def __init__(self, base: Path, layout: Layout) -> None:
         self.base, self.layout = base, layout
         self._names = itertools.count()
-        self._free: list[Path] = []
-        self._busy: set[Path] = set()
+        self._free: list[Path] = []  # empty job cgroups, ready for the next job
 
     @classmethod
     def find(cls) -> MemoryCgroups:
@@ -149,9 +145,8 @@ class MemoryCgroups:
         if path is not None:
             try:
                 self._cap(path, limit_bytes)
-            except OSError:  # it could not be lowered to the cap (charges it cannot reclaim)
-                self._busy.add(path)
-                path = None
+            except OSError:  # it could not be lowered to the cap (charges it cannot reclaim):
+                path = None  # left out of use; close() removes it
         if path is None:
             path = self.base / f"job-{next(self._names)}"
             path.mkdir()
@@ -191,7 +186,6 @@ class MemoryCgroups:
             with contextlib.suppress(OSError):
                 path.rmdir()
         self._free.clear()
-        self._busy.clear()
         with contextlib.suppress(OSError):
             self.base.rmdir()
 
@@ -233,4 +227,3 @@ class JobCgroup:
                 return
             await asyncio.sleep(0.01)
         log.warning("cgroup %s still holds processes after its job; set aside", self.path)
-        self.owner._busy.add(self.path)

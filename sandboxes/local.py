@@ -368,14 +368,15 @@ class LocalSandbox:
             args.append(f"--nproc={limits.processes + _NPROC_SLACK}")
         return [*args, "--"]
 
-    def _bwrap_args(self, job: Job, fds: dict[str, int]) -> list[str]:
+    def _bwrap_args(self, job: Job, fds: dict[str, int], extra: list[str]) -> list[str]:
+        """bwrap's argv for `job`, with its files from `fds` and `extra` options."""
         assert self._bwrap is not None
         # Room for two files of the largest size, so that one big file meets the file-size
         # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
         size = str(2 * job.limits.file_mb << 20)
         # No user namespaces inside: a nested one would give the job the right to mount fresh,
         # unsized tmpfs (memory outside every limit) and reach kernel code meant for root.
-        args = [self._bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
+        args = [self._bwrap, *extra, "--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--uid", "1000", "--gid", "1000"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
         args += ["--ro-bind", "/usr", "/usr"]
@@ -390,8 +391,8 @@ class LocalSandbox:
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
-        # The root bwrap builds is a tmpfs of its own: make it read-only, so that only the two
-        # sized tmpfs mounts can be written.
+        # The root bwrap builds is a tmpfs of its own: make it read-only, so that only the
+        # sized tmpfs mounts (work dir, /tmp, /dev/shm) can be written.
         args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
         for key, value in _sandbox_env(WORK_DIR).items():
             args += ["--setenv", key, value]
@@ -409,25 +410,31 @@ class LocalSandbox:
         async with contextlib.AsyncExitStack() as stack:
             # Off the event loop: capping a reused cgroup may make the kernel reclaim what the
             # last job left charged to it (0.7 s seen).
-            cgroup = await _unless_cancelled(
-                asyncio.to_thread(self._job_cgroup, job.limits), JobCgroup.abandon
-            )
+            cgroup = None
+            if self._cgroups is not None:
+                cgroup = await _unless_cancelled(
+                    asyncio.to_thread(self._job_cgroup, job.limits), JobCgroup.abandon
+                )
             if cgroup is not None:
                 stack.push_async_callback(cgroup.release)
             enter: Callable[[], None] | None = None
             on_start: Callable[[int], Awaitable[None]] | None = None
             if self.isolation == "bwrap":
-                fds = [stack.enter_context(_memfd(name, data)) for name, data in job.files.items()]
-                bwrap = self._bwrap_args(job, dict(zip(job.files, fds, strict=True)))
+                files = {
+                    name: stack.enter_context(_memfd(name, data))
+                    for name, data in job.files.items()
+                }
+                fds, extra = list(files.values()), []
                 rules = seccomp.program(processes=job.limits.processes > 1)
                 if rules is not None:
                     fds.append(stack.enter_context(_memfd("seccomp", rules)))
-                    bwrap[1:1] = ["--seccomp", str(fds[-1])]
+                    extra += ["--seccomp", str(fds[-1])]
                 if cgroup is not None:
                     gate = stack.enter_context(_BwrapGate(cgroup))
-                    bwrap[1:1] = gate.bwrap_args()
+                    extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
+                bwrap = self._bwrap_args(job, files, extra)
                 argv = self._prlimit_args(job.limits, nproc=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:

@@ -15,7 +15,6 @@ from assay.clients.schema import (
     IndexedResult,
     ScoreRequest,
     ScoreResponse,
-    VerifierInfo,
     VerifiersResponse,
 )
 from assay.sandboxes.local import LocalSandbox
@@ -193,10 +192,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
     async def verifiers() -> VerifiersResponse:
-        rows = await engine.describe()
-        return VerifiersResponse(
-            verifiers=[VerifierInfo(**row) for row in rows], sandbox=engine.sandbox.facts()
-        )
+        return await engine.describe()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from assay.clients.schema import ScoreItem, ScoreResult
+from assay.clients.schema import ScoreItem, ScoreResult, VerifierInfo, VerifiersResponse
 from assay.sandboxes.base import Sandbox
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 from assay.verifiers import VERIFIERS, ExtractError, Status, Verdict, Verifier, extract
@@ -208,17 +208,19 @@ class Engine:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    async def describe(self) -> list[dict[str, Any]]:
+    async def describe(self) -> VerifiersResponse:
+        """`GET /v1/verifiers`: each verifier, and how the sandbox isolates jobs."""
         reason = self.sandbox.unavailable_reason()
-        return [
-            {
-                "name": name,
-                "available": reason is None,
-                "reason": reason,
-                "facts": verifier.facts(self.sandbox),
-            }
+        verifiers = [
+            VerifierInfo(
+                name=name,
+                available=reason is None,
+                reason=reason,
+                facts=verifier.facts(self.sandbox),
+            )
             for name, verifier in sorted(self.verifiers.items())
         ]
+        return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())
 
     async def close(self) -> None:
         await self.sandbox.close()

@@ -11,10 +11,10 @@ Two kinds of test (API.md, code spec):
   the token for the program to read, and the token's print vanishes with the asserts under
   `python -O`. The program may not start processes or threads: forked children could try
   answers against the asserts until one survives. The tests still run in the program's own
-  process, as in every HumanEval-style
-  harness: a program that attacks its interpreter (an `__eq__` that always holds, patched
-  builtins, reading its own code objects) can fake a pass. `tests` (I/O) runs have no such
-  hole: the expected output never enters the sandbox.
+  process, as in every HumanEval-style harness: a program that attacks its interpreter (an
+  `__eq__` that always holds, a tracer that jumps over the asserts, reading the token from its
+  code objects or its memory) can fake a pass (tests/verifiers/test_code.py lists them).
+  `tests` (I/O) runs have no such hole: the expected output never enters the sandbox.
 
 Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
 passed (tests not run after a stop count as failed). The status is that of the first failing
