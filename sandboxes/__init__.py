@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
+from assay.sandboxes.base import Job, Limits, RunResult, Sandbox, ToolProcess, ToolSpec
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 from assay.sandboxes.languages import Language, languages
 from assay.sandboxes.local import LocalSandbox
+from assay.sandboxes.pool import WorkerPool
 
 __all__ = [
     "Job",
@@ -16,5 +17,8 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxUnavailable",
+    "ToolProcess",
+    "ToolSpec",
+    "WorkerPool",
     "languages",
 ]

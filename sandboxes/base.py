@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,50 @@ class RunResult:
             return f"signal {self.signal}"
 
 
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A long-lived process inside the sandbox (a warm tool: a Dafny server, a Lean REPL, a
+    renderer, a database worker), talked to over its stdin and stdout.
+
+    It gets the isolation of a job (no network, its own filesystem view and processes, a uid
+    and a memory cgroup of its own where the host allows) for as long as it lives. `limits`
+    apply as for a job, except `wall_s`, which the tool's user enforces per request (and
+    `close`s the tool when a request overruns)."""
+
+    argv: tuple[str, ...]
+    files: Mapping[str, str | bytes] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    ro_paths: tuple[str, ...] = ()
+    """Host paths bound read-only at the same place (a package dir, a database's folder)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Added to the sandbox's cleared environment."""
+
+
+class ToolProcess(Protocol):
+    """A running tool. Its user frames requests on `stdin`/`stdout` and must `close` it."""
+
+    pid: int
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+
+    @property
+    def returncode(self) -> int | None:
+        """`None` while it runs."""
+        ...
+
+    def stderr_tail(self) -> bytes:
+        """The last bytes it wrote to stderr (kept bounded), for diagnostics."""
+        ...
+
+    def oom_killed(self) -> bool:
+        """Whether the memory limit killed one of its processes."""
+        ...
+
+    async def close(self) -> None:
+        """Kill it and everything it started, and give back what it held. Idempotent."""
+        ...
+
+
 class Sandbox(Protocol):
     """Runs jobs isolated: no network, its own filesystem view, limits, nothing left behind."""
 
@@ -91,6 +136,10 @@ class Sandbox(Protocol):
 
     def facts(self) -> dict[str, Any]:
         """What `GET /v1/verifiers` shows of the sandbox (backend, isolation, limits it has)."""
+        ...
+
+    async def spawn(self, spec: ToolSpec) -> ToolProcess:
+        """Start a long-lived tool. Raises `SandboxUnavailable` or `SandboxError`."""
         ...
 
     def has_tool(self, tool: str) -> bool:

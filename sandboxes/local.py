@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from assay.sandboxes import seccomp
-from assay.sandboxes.base import Job, Limits, RunResult
+from assay.sandboxes.base import Job, Limits, RunResult, ToolProcess, ToolSpec
 from assay.sandboxes.cgroups import CgroupUnavailable, JobCgroup, MemoryCgroups, pid_alive
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 
@@ -350,15 +350,17 @@ class LocalSandbox:
             with self._uids.hold() as uid:
                 return await self._run(job, uid)
 
-    def _prlimit_args(self, limits: Limits, *, nproc: bool) -> list[str]:
-        """prlimit, setting every limit but the process count unless `nproc` (see `_run`)."""
+    def _prlimit_args(self, limits: Limits, *, nproc: bool, cpu: bool = True) -> list[str]:
+        """prlimit, setting every limit but the process count unless `nproc` (see `_run`), and
+        the CPU time unless not `cpu` (a long-lived tool is limited per request instead)."""
         assert self._prlimit is not None
-        cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
-        args = [
-            self._prlimit,
-            f"--cpu={cpu}:{cpu + 1}",
+        args = [self._prlimit]
+        if cpu or limits.cpu_s is not None:
+            seconds = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
+            args.append(f"--cpu={seconds}:{seconds + 1}")
+        args += [
             f"--as={memory}",
             f"--fsize={file_size}",
             f"--nofile={_NOFILE}",
@@ -368,8 +370,17 @@ class LocalSandbox:
             args.append(f"--nproc={limits.processes + _NPROC_SLACK}")
         return [*args, "--"]
 
-    def _bwrap_args(self, job: Job, fds: dict[str, int], extra: list[str]) -> list[str]:
-        """bwrap's argv for `job`, with its files from `fds` and `extra` options."""
+    def _bwrap_args(
+        self,
+        job: Job,
+        fds: dict[str, int],
+        extra: list[str],
+        *,
+        ro_paths: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """bwrap's argv for `job`, with its files from `fds`, `extra` options, host paths bound
+        read-only where they are, and `env` added to the sandbox's environment."""
         assert self._bwrap is not None
         # Room for two files of the largest size, so that one big file meets the file-size
         # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
@@ -391,10 +402,15 @@ class LocalSandbox:
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
+        # After the tmpfs mounts, so that a path under /tmp is not hidden by the job's own /tmp.
+        for path in ro_paths:
+            if not os.path.isabs(path) or not os.path.exists(path):
+                raise SandboxError(f"read-only path {path!r} must be an absolute, existing path")
+            args += ["--ro-bind", path, path]
         # The root bwrap builds is a tmpfs of its own: make it read-only, so that only the
         # sized tmpfs mounts (work dir, /tmp, /dev/shm) can be written.
         args += ["--remount-ro", "/", "--chdir", WORK_DIR, "--clearenv"]
-        for key, value in _sandbox_env(WORK_DIR).items():
+        for key, value in {**_sandbox_env(WORK_DIR), **(env or {})}.items():
             args += ["--setenv", key, value]
         # The process limit is set inside, once bwrap has made the job's user namespace: the
         # kernel then counts only the job's processes (bwrap's pid 1, the program and what it
@@ -453,6 +469,82 @@ class LocalSandbox:
             return result
         raise AssertionError("unreachable")
 
+    async def spawn(self, spec: ToolSpec) -> ToolProcess:
+        """Start a long-lived tool with a job's isolation; it holds a uid and a memory cgroup
+        of its own until it is closed, and no job slot (pools bound how many tools run)."""
+        reason = await self.check()
+        if reason is not None:
+            raise SandboxUnavailable(reason)
+        job = Job(argv=spec.argv, files=spec.files, limits=spec.limits)
+        for name in job.files:
+            if "/" in name or name in ("", ".", ".."):
+                raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
+        stack = contextlib.AsyncExitStack()
+        try:
+            uid = None
+            if self._uids is not None:
+                uid = self._uids.acquire()
+                stack.callback(self._uids.release, uid)
+            cgroup = None
+            if self._cgroups is not None:
+                cgroup = await asyncio.to_thread(self._job_cgroup, spec.limits)
+            if cgroup is not None:
+                stack.push_async_callback(cgroup.release)
+            on_start: Callable[[int], Awaitable[None]] | None = None
+            enter: Callable[[], None] | None = None
+            if self.isolation == "bwrap":
+                files = {n: stack.enter_context(_memfd(n, d)) for n, d in job.files.items()}
+                fds, extra = list(files.values()), []
+                rules = seccomp.program(processes=job.limits.processes > 1)
+                if rules is not None:
+                    fds.append(stack.enter_context(_memfd("seccomp", rules)))
+                    extra += ["--seccomp", str(fds[-1])]
+                if cgroup is not None:
+                    gate = stack.enter_context(_BwrapGate(cgroup))
+                    extra += gate.bwrap_args()
+                    fds += gate.child_fds()
+                    on_start = gate.admit
+                bwrap = self._bwrap_args(job, files, extra, ro_paths=spec.ro_paths, env=spec.env)
+                argv = self._prlimit_args(job.limits, nproc=False, cpu=False) + bwrap
+                cwd, env = None, {"PATH": SANDBOX_PATH}
+            else:
+                fds = []
+                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-tool-"))
+                _write_files(Path(workdir), job.files, uid)
+                argv = self._prlimit_args(job.limits, nproc=True, cpu=False) + list(job.argv)
+                cwd, env = workdir, {**_sandbox_env(workdir), **spec.env}
+                enter = cgroup.join if cgroup is not None else None
+            if uid is not None:
+                assert self._setpriv is not None
+                argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    pass_fds=fds,
+                    preexec_fn=enter,
+                    cwd=cwd,
+                    env=env,
+                    limit=_TOOL_LINE_LIMIT,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
+            tool = _LocalTool(proc, stack, cgroup, uid if cwd is not None else None)
+            try:
+                if on_start is not None:
+                    async with asyncio.timeout(30):
+                        await on_start(proc.pid)
+            except BaseException:
+                await tool.close()
+                raise
+            return tool
+        except BaseException:
+            await stack.aclose()
+            raise
+
     def _job_cgroup(self, limits: Limits) -> JobCgroup | None:
         if self._cgroups is None:
             return None
@@ -463,6 +555,63 @@ class LocalSandbox:
             return self._cgroups.job(cap)
         except OSError as exc:
             raise SandboxError(f"could not make the job's memory cgroup: {exc}") from exc
+
+
+_TOOL_LINE_LIMIT = 1 << 26  # a tool's longest line (readline / readuntil) on stdout
+_TOOL_STDERR = 1 << 16  # how much of a tool's stderr is kept
+
+
+class _LocalTool:
+    """A running tool of `LocalSandbox.spawn`: its pipes, and what it holds until closed."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        stack: contextlib.AsyncExitStack,
+        cgroup: JobCgroup | None,
+        bare_uid: int | None,
+    ) -> None:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self.pid = proc.pid
+        self.stdin: asyncio.StreamWriter = proc.stdin
+        self.stdout: asyncio.StreamReader = proc.stdout
+        self._proc, self._stack, self._cgroup, self._bare_uid = proc, stack, cgroup, bare_uid
+        self._stderr = bytearray()
+        self._drain = asyncio.ensure_future(self._pump(proc.stderr))
+        self._closed = False
+
+    async def _pump(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        while chunk := await stream.read(_CHUNK):
+            self._stderr += chunk
+            del self._stderr[:-_TOOL_STDERR]
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def stderr_tail(self) -> bytes:
+        return bytes(self._stderr)
+
+    def oom_killed(self) -> bool:
+        return self._cgroup is not None and self._cgroup.oom_kills() > 0
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._drain.cancel()
+
+        async def finish() -> None:
+            await _reap(self._proc)
+            if self._bare_uid is not None:
+                await _kill_uid(self._bare_uid)
+            await self._stack.aclose()
+
+        await asyncio.shield(finish())
 
 
 async def _unless_cancelled(
