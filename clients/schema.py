@@ -145,6 +145,50 @@ class CodeSpec(SpecModel):
         return not self.partial_credit if self.stop_on_fail is None else self.stop_on_fail
 
 
+LeanAllow = Literal[
+    "eval", "syntax", "initialize", "unsafe", "instance", "native_decide", "options", "attributes"
+]
+"""Groups of Lean commands that run code while elaborating, forbidden unless a spec allows
+them (docs/api.md, lean spec)."""
+
+
+class LeanSpec(SpecModel):
+    theorem: str | None = Field(
+        default=None,
+        description="`theorem NAME ... : STATEMENT` (a proof or `:= sorry` after it is ignored): "
+        "the completion must prove exactly this statement, under this name.",
+        min_length=1,
+    )
+    header: str | None = Field(
+        default=None,
+        description="Imports and `open`s put before a completion that has no imports; "
+        "default: the server's (`ASSAY_LEAN_HEADER`).",
+    )
+    allow_sorry: bool = False
+    axioms: list[str] = Field(
+        default_factory=lambda: ["propext", "Classical.choice", "Quot.sound"],
+        description="The axioms the completion's declarations may depend on.",
+    )
+    allow: list[LeanAllow] = Field(
+        default_factory=list,
+        description="Groups of commands that run code while elaborating (`#eval`, `macro`, "
+        "`instance`...) that this item may use; by default none.",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _named_theorem(self) -> LeanSpec:
+        if self.theorem is not None:
+            words = self.theorem.replace("@[", " @[").split()
+            while words and words[0].startswith("@["):
+                words.pop(0)
+            while words and words[0] in ("private", "protected", "noncomputable", "nonrec"):
+                words.pop(0)
+            if len(words) < 2 or words[0] not in ("theorem", "lemma"):
+                raise ValueError("`theorem` must be one `theorem NAME ... : STATEMENT`")
+        return self
+
+
 __all__ = [
     "UNJUDGED",
     "AssayError",
@@ -153,6 +197,8 @@ __all__ = [
     "FenceExtract",
     "IOTest",
     "IndexedResult",
+    "LeanAllow",
+    "LeanSpec",
     "ScoreItem",
     "ScoreRequest",
     "ScoreResponse",

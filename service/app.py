@@ -21,6 +21,8 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.verifiers import VERIFIERS, Verifier
+from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
 
@@ -91,14 +93,46 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+    verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
+    verifiers["lean"] = lean_verifier(settings)
+    # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
+    concurrency = {"lean": settings.lean_pool_size, **settings.concurrency}
     return Engine(
         sandbox,
-        concurrency=settings.concurrency,
+        verifiers=verifiers,
+        concurrency=concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,
         max_item_s=settings.max_item_s,
         observer=observer,
     )
+
+
+def lean_verifier(settings: Settings) -> LeanVerifier:
+    """The `lean` verifier that the `lean_*` settings describe."""
+    backend: ReplBackend | KiminaBackend
+    if settings.lean_backend == "kimina" and settings.lean_kimina_url:
+        backend = KiminaBackend(
+            settings.lean_kimina_url,
+            api_key=settings.lean_kimina_api_key,
+            check_timeout_s=settings.lean_check_timeout_s,
+            kernel_replay=settings.lean_kernel_replay,
+        )
+    else:
+        backend = ReplBackend(
+            command=settings.lean_repl_command,
+            project_dir=settings.lean_project_dir,
+            ro_paths=settings.lean_paths,
+            env=settings.lean_env,
+            pool_size=settings.lean_pool_size,
+            memory_mb=settings.lean_memory_mb,
+            memory_ceiling_mb=settings.lean_memory_ceiling_mb,
+            max_proofs=settings.lean_max_proofs,
+            start_timeout_s=settings.lean_start_timeout_s,
+            check_timeout_s=settings.lean_check_timeout_s,
+            kernel_replay=settings.lean_kernel_replay,
+        )
+    return LeanVerifier(backend, default_header=settings.lean_header)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -206,6 +240,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         reason = await engine.sandbox.check()
         if reason:
             missing.append(f"sandbox: {reason}")
+        if settings.required_verifiers:
+            described = {v.name: v for v in (await engine.describe()).verifiers}
+            for name in settings.required_verifiers:
+                info = described.get(name)
+                if info is None:
+                    missing.append(f"{name}: no such verifier")
+                elif not info.available:
+                    missing.append(f"{name}: {info.reason}")
         if missing:
             return JSONResponse({"ready": False, "missing": missing}, 503, headers=retry)
         return JSONResponse({"ready": True})

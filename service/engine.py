@@ -210,19 +210,27 @@ class Engine:
 
     async def describe(self) -> VerifiersResponse:
         """`GET /v1/verifiers`: each verifier, and how the sandbox isolates jobs."""
-        reason = self.sandbox.unavailable_reason()
-        verifiers = [
-            VerifierInfo(
-                name=name,
-                available=reason is None,
-                reason=reason,
-                facts=verifier.facts(self.sandbox),
+        sandbox_reason = self.sandbox.unavailable_reason()
+        verifiers = []
+        for name, verifier in sorted(self.verifiers.items()):
+            # A verifier whose own tools are missing (Lean) says so apart from any spec.
+            own = getattr(verifier, "unavailable_reason", None)
+            reason = (own() if own is not None else None) or sandbox_reason
+            verifiers.append(
+                VerifierInfo(
+                    name=name,
+                    available=reason is None,
+                    reason=reason,
+                    facts=verifier.facts(self.sandbox),
+                )
             )
-            for name, verifier in sorted(self.verifiers.items())
-        ]
         return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())
 
     async def close(self) -> None:
+        for verifier in self.verifiers.values():
+            close = getattr(verifier, "close", None)
+            if close is not None:  # warm tools (Lean REPLs) a verifier keeps
+                await close()
         await self.sandbox.close()
 
 

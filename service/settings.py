@@ -55,3 +55,69 @@ class Settings(BaseSettings):
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
+
+    required_verifiers: list[str] = Field(
+        default_factory=list,
+        description="Verifiers this deployment must be able to run: /readyz answers 503 with "
+        'the reason while one of them is unavailable (e.g. `["lean"]`).',
+    )
+    # Lean (verifiers/lean.py; the image sandboxes/images/lean builds these paths)
+    lean_backend: Literal["repl", "kimina"] = Field(
+        default="repl",
+        description="`repl`: warm REPLs in the sandbox. `kimina`: an existing Kimina Lean "
+        "Server at `lean_kimina_url` runs the Lean; assay's checks run on top.",
+    )
+    lean_repl_command: list[str] = Field(
+        default_factory=lambda: ["lake", "env", "/opt/lean/repl/.lake/build/bin/repl"],
+        description="The REPL's command, run in `lean_project_dir` inside the sandbox.",
+    )
+    lean_project_dir: str = Field(
+        default="/opt/lean/project", description="The Lake project with Mathlib built ('' none)."
+    )
+    lean_paths: list[str] = Field(
+        default_factory=lambda: ["/opt/lean"],
+        description="Host paths the REPL sees, read-only (toolchain, REPL, Mathlib).",
+    )
+    lean_env: dict[str, str] = Field(
+        default_factory=lambda: {"PATH": "/opt/lean/toolchain/bin:/usr/local/bin:/usr/bin:/bin"},
+        description="Environment variables of the REPL's command.",
+    )
+    lean_header: str = Field(
+        default=(
+            "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\n"
+            "open BigOperators Real Nat Topology Rat"
+        ),
+        description="The header put before a completion without imports when its spec has none.",
+    )
+    lean_pool_size: int = Field(
+        default_factory=lambda: max(1, min(_cores(), _memory_gb() // 12)),
+        ge=1,
+        description="REPLs alive at once (over all headers); each may hold `lean_memory_mb`.",
+    )
+    lean_memory_mb: int = Field(
+        default=12288,
+        ge=256,
+        description="Address space of each REPL (an `import Mathlib` needs about 9 GB).",
+    )
+    lean_memory_ceiling_mb: int = Field(
+        default=10240, ge=64, description="A REPL whose resident memory passes this is recycled."
+    )
+    lean_max_proofs: int = Field(default=200, ge=1, description="A REPL is recycled after this.")
+    lean_start_timeout_s: float = Field(default=600.0, gt=0, description="Header import time.")
+    lean_check_timeout_s: float = Field(
+        default=60.0, gt=0, description="Each of assay's own commands (statement, probe)."
+    )
+    lean_kernel_replay: bool = Field(
+        default=False,
+        description="Send every new theorem and definition to the kernel again (lean4checker-"
+        "style) before passing a proof.",
+    )
+    lean_kimina_url: str | None = Field(default=None, description="The Kimina Lean Server.")
+    lean_kimina_api_key: str | None = None
+
+
+def _memory_gb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30))
+    except (ValueError, OSError, AttributeError):
+        return 12
