@@ -6,6 +6,7 @@ exception tree.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -179,7 +180,8 @@ class LeanSpec(SpecModel):
     @model_validator(mode="after")
     def _named_theorem(self) -> LeanSpec:
         if self.theorem is not None:
-            words = self.theorem.replace("@[", " @[").split()
+            text = re.sub(r"/-.*?-/|--[^\n]*", " ", self.theorem, flags=re.S)  # doc comments
+            words = text.replace("@[", " @[").split()
             while words and words[0].startswith("@["):
                 words.pop(0)
             while words and words[0] in ("private", "protected", "noncomputable", "nonrec"):

@@ -62,6 +62,7 @@ from assay.verifiers.lean_syntax import (
     Statement,
     normalize,
     parse_statement,
+    sorry_ax_at,
     split_imports,
     tokens,
     violations,
@@ -154,8 +155,21 @@ def probe_source(nonce: str) -> str:
 
 
 def _lean_string(text: str) -> str:
-    """A Lean string literal (JSON's escapes are Lean's for these characters)."""
-    return json.dumps(text, ensure_ascii=False)
+    r"""A Lean string literal: `\\`, `\"`, `\n`, `\t` and `\xHH` for other control
+    characters are Lean's escapes; everything else goes as it is (UTF-8)."""
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def probe_command(
@@ -407,6 +421,21 @@ def _imports_and_rest(header: str) -> tuple[tuple[str, ...], str]:
     return split.imports, split.body
 
 
+def _reference_failed(job: Job, errors: str) -> Verdict:
+    """The spec's statement does not elaborate: the spec's fault on its own header, the
+    completion's when its own imports replaced the header (else a completion could dodge
+    its reward by importing too little)."""
+    if job.own_imports:
+        return Verdict(
+            Status.FAILED,
+            0.0,
+            clip(f"the spec's theorem does not elaborate with the completion's imports: {errors}"),
+        )
+    return Verdict.unjudged(
+        Status.INVALID_SPEC, f"the spec's theorem does not elaborate on its header: {errors}"
+    )
+
+
 class ReplBackend:
     """Warm REPLs in the sandbox, in a pool keyed by header (imports and header commands)."""
 
@@ -593,13 +622,7 @@ class ReplBackend:
                     ) from exc
                 errors = [m for m in answer.get("messages") or [] if m["severity"] == "error"]
                 if errors:
-                    return Checked(
-                        Verdict.unjudged(
-                            Status.INVALID_SPEC,
-                            "the spec's theorem does not elaborate on its header: "
-                            + _show_errors(errors, 0),
-                        )
-                    )
+                    return Checked(_reference_failed(job, _show_errors(errors, 0)))
                 if len(refs) < _REFS_PER_REPL:
                     refs[job.statement.text] = (reference, answer["env"])
                 env = answer["env"]
@@ -698,10 +721,12 @@ class KiminaBackend:
         parts.append(
             ("probe", probe_command(nonce, target, reference, [], self.kernel_replay, tag))
         )
-        code, starts = "", {}
+        code, lines = "", {}
         for name, text in parts:
-            starts[name] = code.count("\n") + 1
-            code += text.rstrip("\n") + "\n\n"
+            first = code.count("\n") + 1
+            text = text.rstrip("\n")
+            lines[name] = (first, first + text.count("\n"))
+            code += text + "\n\n"
         body = {
             "snippets": [{"id": tag, "code": code}],
             "timeout": int(job.spec.timeout_s + self.check_timeout_s),
@@ -719,35 +744,40 @@ class KiminaBackend:
             raise SandboxError(f"the Kimina Lean Server failed: {exc}") from exc
         if result.get("error"):
             error = str(result["error"])
-            if "timed out" in error.lower() or "timeout" in error.lower():
+            if "header command timed out" in error:  # the import, not the completion
+                raise SandboxError(f"the Kimina Lean Server could not import the header: {error}")
+            if "timed out" in error.lower():
                 return Checked(Verdict(Status.TIMEOUT, 0.0, f"Lean did not finish: {error}"))
             return Checked(Verdict(Status.RUNTIME_ERROR, 0.0, clip(f"Lean failed: {error}")))
         try:
-            response = parse_command(result.get("response") or {})
-        except (ReplBroken, ReplError) as exc:
+            response = _kimina_response(result.get("response"))
+        except ReplError as exc:
+            return Checked(Verdict(Status.FAILED, 0.0, clip(f"Lean failed: {exc.message}")))
+        except ReplBroken as exc:
             raise SandboxError(
                 f"the Kimina Lean Server answered an unexpected shape: {exc}"
             ) from exc
         messages = response.get("messages") or []
-        lines = {
-            name: (start, start + parts[i][1].count("\n"))
-            for i, (name, start) in enumerate(starts.items())
-        }
         completion = lines["completion"]
 
         def inside(item: Message | Sorry, span: tuple[int, int]) -> bool:
             line = (item.get("pos") or {"line": 0})["line"]
             return span[0] <= line <= span[1]
 
-        probe_messages = [m for m in messages if m["data"].startswith(PROBE_PREFIX)]
-        other = [m for m in messages if not m["data"].startswith(PROBE_PREFIX)]
+        probe_messages = [m for m in messages if inside(m, lines["probe"])]
+        other = [m for m in messages if not inside(m, lines["probe"])]
+        reference_errors = [
+            m
+            for m in other
+            if m["severity"] == "error" and inside(m, lines.get("reference", (0, -1)))
+        ]
         header_errors = [
             m
             for m in other
-            if m["severity"] == "error"
-            and not inside(m, completion)
-            and not inside(m, lines.get("reference", (0, -1)))
+            if m["severity"] == "error" and not inside(m, completion) and m not in reference_errors
         ]
+        if reference_errors and not header_errors:
+            return Checked(_reference_failed(job, _show_errors(reference_errors, 0)))
         if header_errors:
             text = _show_errors(header_errors, 0)
             if job.own_imports:
@@ -771,6 +801,17 @@ class KiminaBackend:
         except ProbeError as exc:
             raise SandboxError(f"assay's environment check failed: {exc}") from exc
         return Checked(probe=probe)
+
+
+def _kimina_response(raw: Any) -> CommandResponse:
+    """The REPL's answer inside a Kimina result, read with the REPL's own shapes: Kimina may
+    leave out `env`, write `null` for empty lists, and add its own keys (`time`)."""
+    if not isinstance(raw, dict):
+        raise ReplBroken(f"no response object: {raw!r:.200}")
+    if "message" in raw and "messages" not in raw and "env" not in raw:
+        return parse_command({"message": raw["message"]})
+    kept = {k: v for k, v in raw.items() if k in ("messages", "sorries", "tactics") and v}
+    return parse_command({"env": raw.get("env") or 0, **kept})
 
 
 Backend = ReplBackend | KiminaBackend
@@ -838,7 +879,7 @@ class LeanVerifier:
                 statement = parse_statement(spec.theorem)
             except ValueError as exc:
                 return Verdict.unjudged(Status.INVALID_SPEC, str(exc))
-        split = split_imports(payload)
+        split = split_imports(payload.rstrip())
         header = spec.header if spec.header is not None else self.default_header
         header_imports, header_rest = _imports_and_rest(header)
         found = violations(split.body, spec.allow)
@@ -849,6 +890,14 @@ class LeanVerifier:
                 0.0,
                 clip(f"the completion uses commands that are not allowed:\n{shown}"),
                 {"forbidden": sorted({v.group for v in found})},
+            )
+        by_hand = None if spec.allow_sorry else sorry_ax_at(split.body)
+        if by_hand is not None:
+            return Verdict(
+                Status.FORBIDDEN,
+                0.0,
+                f"line {by_hand.line + split.body_line - 1}, col {by_hand.column}: `sorryAx` "
+                "is `sorry`; sorry is not allowed",
             )
         if statement is not None:
             why = statement_text_matches(split.body, statement)

@@ -346,6 +346,14 @@ def _attribute_violations(toks: list[Token], k: int, allowed: set[str]) -> Itera
         j += 1
 
 
+def sorry_ax_at(text: str) -> Token | None:
+    """Where `sorryAx` (what `sorry` elaborates to) is written by hand, if anywhere."""
+    for tok in tokens(text):
+        if _last_component(tok.text) == "sorryAx":
+            return tok
+    return None
+
+
 # -- header and theorem ----------------------------------------------------------------------
 
 _IMPORT = re.compile(r"^\s*(public\s+)?(meta\s+)?import\s+\S")
@@ -381,7 +389,9 @@ def split_imports(text: str) -> Split:
         if stripped.startswith("/-") and stripped.endswith("-/"):
             continue
         if _IMPORT.match(line):
-            imports.append(" ".join(stripped.split()))
+            normal = " ".join(stripped.split())
+            if normal not in imports:  # the same module twice is one import
+                imports.append(normal)
             last = number
             continue
         break
@@ -409,6 +419,7 @@ class Statement:
 def parse_statement(theorem: str) -> Statement:
     """The name and statement of a spec's `theorem` (`theorem NAME ... :=`, with or without a
     proof after `:=`). `ValueError` when it is not one named theorem."""
+    theorem = theorem[_comments_end(theorem) :]
     match = _DECL.match(theorem)
     if match is None:
         raise ValueError("`theorem` must be one `theorem NAME ... : STATEMENT` (or `lemma`)")
@@ -418,6 +429,28 @@ def parse_statement(theorem: str) -> Statement:
     if head.startswith("lemma"):
         head = "theorem" + head[len("lemma") :]
     return Statement(match[2], head)
+
+
+def _comments_end(text: str) -> int:
+    """Where the leading comments and doc comments (`/-- ... -/`, `-- ...`) of `text` end."""
+    i = 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif text.startswith("/-", i):
+            depth, i = 1, i + 2
+            while i < len(text) and depth:
+                if text.startswith("/-", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("-/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            return i
 
 
 def _top_level_assign(text: str) -> int:
@@ -460,6 +493,7 @@ __all__ = [
     "Violation",
     "normalize",
     "parse_statement",
+    "sorry_ax_at",
     "split_imports",
     "tokens",
     "violations",

@@ -366,11 +366,11 @@ CHEATS = {
         },
         "outside the allowed ones: Mathlib.hidden_ax",
     ),
-    # sorryAx written out by hand: no `sorries` entry, but in the axiom closure.
-    "sorryAx-by-hand": (
-        GCD_PROOF.replace("by norm_num", "sorryAx _ false"),
-        {"axioms": ["sorryAx"]},
-        "sorryAx",
+    # A sorry that no `sorries` entry shows (reached through a lemma): the axiom closure has it.
+    "sorryAx-in-closure": (
+        "theorem helper : 1 = 1 := rfl\n" + GCD_PROOF.replace("norm_num", "exact helper2"),
+        {"axioms": [*STANDARD, "sorryAx"]},
+        "outside the allowed ones: sorryAx",
     ),
     "native_decide-hidden": (
         GCD_PROOF.replace("by norm_num", "by decide"),
@@ -413,6 +413,7 @@ TOKEN_CHEATS = {
         "run_cmd Lean.Elab.Command.liftTermElabM do\n"
         '  let _ := Lean.mkConst (.str .anonymous "sorryAx")\n' + GCD_PROOF
     ),
+    "sorryAx-by-hand": GCD_PROOF.replace("by norm_num", "sorryAx _ false"),
     "native_decide": GCD_PROOF.replace("norm_num", "native_decide"),
     "decide-native": GCD_PROOF.replace("norm_num", "decide +native"),
     "skip-kernel": "set_option debug.skipKernelTC true in\n" + GCD_PROOF,
@@ -746,3 +747,140 @@ def test_spec_theorem_must_be_one_named_theorem() -> None:
     with pytest.raises(ValueError, match="theorem NAME"):
         LeanSpec(theorem="example : 1 = 1 := rfl")
     assert LeanSpec(theorem="lemma x : 1 = 1").theorem
+
+
+@needs_bwrap
+async def test_a_statement_failing_under_the_completions_own_imports_is_its_fault(
+    sandbox: LocalSandbox, tmp_path: Path
+) -> None:
+    # A completion importing too little must not turn its item into `invalid_spec` (a null
+    # reward): the reference statement failing there is the completion's failure.
+    script = Script()
+    script.start("import Lean")
+    name = f"assay_ref_{NONCE}_0"
+    script.add(
+        {"cmd": f"theorem {name} : Nat.gcd 180 168 = 12 := sorry", "env": 0},
+        error_answer("unknown constant 'Nat.gcd'", 2, 1, 30),
+        "constructed",
+    )
+    completion = "import Lean\n" + GCD_PROOF
+    verdict, _ = await _verify(
+        sandbox, tmp_path, script, completion, {"theorem": GCD, "header": ""}
+    )
+    assert verdict.status is Status.FAILED
+    assert "with the completion's imports" in verdict.feedback
+
+
+def test_a_spec_theorem_may_carry_a_doc_comment() -> None:
+    from assay.verifiers.lean_syntax import parse_statement
+
+    theorem = (
+        "/-- The gcd of 180 and 168. -/\n-- note\ntheorem g : Nat.gcd 180 168 = 12 := by sorry"
+    )
+    assert LeanSpec(theorem=theorem).theorem == theorem
+    statement = parse_statement(theorem)
+    assert (statement.name, statement.text) == ("g", "theorem g : Nat.gcd 180 168 = 12")
+
+
+@needs_bwrap
+async def test_items_through_the_http_service(sandbox: LocalSandbox, tmp_path: Path) -> None:
+    from assay.service.engine import Engine
+
+    script = _gcd_script()
+    _passing(script)
+    backend = standin_backend(tmp_path, script)
+    engine = Engine(sandbox, verifiers={"lean": LeanVerifier(backend, default_header=HEADER)})
+    app = create_app(Settings(), engine=engine)
+    items = [
+        {
+            "id": "ok",
+            "verifier": "lean",
+            "completion": f"```lean4\n{GCD_PROOF}\n```",
+            "spec": {"theorem": GCD},
+        },
+        {
+            "id": "eval",
+            "verifier": "lean",
+            "completion": TOKEN_CHEATS["eval-fakes-output"],
+            "spec": {"theorem": GCD},
+        },
+        {"id": "bad", "verifier": "lean", "completion": GCD_PROOF, "spec": {"allow": ["nope"]}},
+    ]
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://assay") as client:
+            results = (await client.post("/v1/score", json={"items": items})).json()["results"]
+            described = (await client.get("/v1/verifiers")).json()["verifiers"]
+    finally:
+        await engine.close()
+    assert [(r["id"], r["status"], r["reward"]) for r in results] == [
+        ("ok", "passed", 1.0),
+        ("eval", "forbidden", 0.0),
+        ("bad", "invalid_spec", None),
+    ]
+    lean = next(v for v in described if v["name"] == "lean")
+    assert lean["available"] is True
+    assert lean["facts"]["pool"]["started"] == 1
+
+
+def _kimina(answer: dict[str, Any]) -> tuple[LeanVerifier, list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"results": [{"id": "k1-1", "time": 1.0, **answer}]})
+
+    backend = KiminaBackend(
+        "http://kimina", nonce=lambda: "k1", transport=httpx.MockTransport(reply)
+    )
+    return LeanVerifier(backend, default_header=HEADER), seen
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ({"error": "Lean REPL command timed out in 60 seconds"}, Status.TIMEOUT),
+        ({"response": {"message": "Lean error:\nunknown tactic"}}, Status.FAILED),
+    ],
+    ids=["timeout", "repl-error"],
+)
+async def test_kimina_errors(answer: dict[str, Any], status: Status) -> None:
+    verifier, _ = _kimina(answer)
+    try:
+        verdict = await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
+    finally:
+        await verifier.close()
+    assert verdict.status is status
+
+
+async def test_kimina_header_timeout_is_the_services_failure() -> None:
+    verifier, _ = _kimina({"error": "Lean REPL header command timed out in 60 seconds"})
+    try:
+        with pytest.raises(SandboxError, match="could not import the header"):
+            await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
+    finally:
+        await verifier.close()
+
+
+async def test_kimina_positions_map_back_to_the_completion() -> None:
+    # Kimina shifts the REPL's lines by its header's (server/routers/check.py): positions are
+    # the snippet's. The snippet's completion part starts after assay's probe and statement.
+    verifier, seen = _kimina({"response": {}})
+    with pytest.raises(SandboxError, match="did not answer"):  # no probe answer in it
+        await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
+    await verifier.close()
+    code = seen[0]["snippets"][0]["code"]
+    line = code.split("\n").index(GCD_PROOF) + 1
+    error = {
+        "severity": "error",
+        "pos": {"line": line, "column": 61},
+        "endPos": {"line": line, "column": 69},
+        "data": "linarith failed",
+    }
+    verifier, _ = _kimina({"response": {"messages": [error], "sorries": None, "time": 2.5}})
+    try:
+        verdict = await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
+    finally:
+        await verifier.close()
+    assert verdict.status is Status.FAILED
+    assert "line 1, col 61: linarith failed" in verdict.feedback
