@@ -166,7 +166,7 @@ class Engine:
                         task = asyncio.ensure_future(self._judge(prepared))
                         running[prepared.key] = task
                         verdict = await asyncio.shield(task)
-                        if verdict.status not in _UNCACHEABLE:
+                        if verdict.status not in _UNCACHEABLE and verdict.cacheable:
                             self.cache.put(prepared.key, verdict)
             except Exception as exc:  # a bug in preparing; still only this item's problem
                 log.exception("internal error while preparing an item")

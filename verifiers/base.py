@@ -52,6 +52,9 @@ class Verdict:
     reward: float | None
     feedback: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    cacheable: bool = True
+    """False when a rerun of the same item may be judged otherwise (the host's memory was
+    short during a run): the Engine then does not cache it."""
 
     def __post_init__(self) -> None:
         if self.status.judged:

@@ -94,6 +94,11 @@ def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status
         return Status.OUTPUT_LIMIT, f"file size limit exceeded ({limits.file_mb} MB)"
     # A program that exits 0 although one of its processes died for memory has still done
     # its work; its output is judged.
+    if run.exit_code != 0 and run.oom_killed and run.host_pressure:
+        return Status.MEMORY_LIMIT, (
+            f"killed for memory before reaching its limit ({limits.memory_mb} MB): the host "
+            "was short of memory (not cached; the item is judged again when sent again)"
+        )
     if run.exit_code != 0 and (run.oom_killed or _matches(language.memory_error, stderr)):
         return Status.MEMORY_LIMIT, f"memory limit exceeded ({limits.memory_mb} MB)"
     if run.exit_code == 0:
@@ -190,7 +195,7 @@ class CodeVerifier:
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)
         detail["status"] = status.value
-        return Verdict(status, 0.0, clip(why), details)
+        return Verdict(status, 0.0, clip(why), details, cacheable=not run.host_pressure)
 
     async def _run_io_tests(
         self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
@@ -199,6 +204,7 @@ class CodeVerifier:
         total = len(spec.tests)
         results: list[dict[str, Any]] = []
         first_failure: tuple[Status, int, str] | None = None
+        cacheable = True  # False once a run may have died of the host's memory shortage
         for number, test in enumerate(spec.tests, start=1):
             job = Job(
                 argv=language.run,
@@ -217,6 +223,7 @@ class CodeVerifier:
                         f"expected: {_show(test.expected_stdout)}\nactual: {_show(actual)}"
                     )
             passed = status is Status.PASSED
+            cacheable = cacheable and (passed or not run.host_pressure)
             entry: dict[str, Any] = {"passed": passed, "time_ms": round(run.time_s * 1000, 1)}
             if not passed:
                 entry["status"] = status.value
@@ -234,4 +241,4 @@ class CodeVerifier:
         if status is Status.COMPILE_ERROR:
             return Verdict(status, 0.0, clip(f"compile error\n{why}"), details)
         feedback = f"{n_passed}/{total} tests passed; test {number}/{total}: {why}"
-        return Verdict(status, reward, clip(feedback), details)
+        return Verdict(status, reward, clip(feedback), details, cacheable=cacheable)
