@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import resource
 import shutil
 import signal
 import stat
@@ -84,6 +85,14 @@ ETC_ALLOWED = (
 # for a previous job's zombies over the process limit.
 _NOFILE = 256
 _NPROC_SLACK = 8
+# POSIX message queues: their bytes (RLIMIT_MSGQUEUE); the kernel's default is 800 KiB, but the
+# service's own limit, which jobs would inherit, may have been raised (`ulimit -q unlimited`).
+_MSGQUEUE = 1 << 20
+# Jobs are the OOM killer's first choice, before the service (a memory shortage of the host or
+# container then costs a job, which is judged again, not every item in flight).
+_OOM_SCORE_ADJ = 1000
+# Host configuration under /usr, hidden like the rest of /etc is: the job sees empty dirs.
+_USR_ETC = ("/usr/local/etc", "/usr/etc")
 
 Isolation = Literal["bwrap", "unsandboxed"]
 T = TypeVar("T")
@@ -250,6 +259,14 @@ class LocalSandbox:
         self._uids = UidPool(uid_base, uid_count, lock_dir) if self._as_root else None
         self._bwrap = shutil.which(bwrap) if bwrap else None
         self._prlimit = shutil.which("prlimit")
+        self._choom = shutil.which("choom")
+        # Lowered, never raised: a job without privileges may not raise a hard limit.
+        hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1]
+        self._msgqueue = _MSGQUEUE if hard == resource.RLIM_INFINITY else min(hard, _MSGQUEUE)
+        if self._choom is None:
+            log.warning(
+                "sandbox: choom (util-linux) is missing: jobs are not the OOM killer's first choice"
+            )
         # The job's uid is taken in the child by setpriv, not by Popen(user=...): that would make
         # Python fork() the whole service (2.8 ms, in the event loop's thread) instead of vfork.
         self._setpriv = shutil.which("setpriv")
@@ -357,6 +374,8 @@ class LocalSandbox:
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
         args = [self._prlimit]
+        if self._choom is not None:
+            args = [self._choom, "-n", str(_OOM_SCORE_ADJ), "--", *args]
         if cpu or limits.cpu_s is not None:
             seconds = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
             args.append(f"--cpu={seconds}:{seconds + 1}")
@@ -364,6 +383,7 @@ class LocalSandbox:
             f"--as={memory}",
             f"--fsize={file_size}",
             f"--nofile={_NOFILE}",
+            f"--msgqueue={self._msgqueue}",
             "--core=0",
         ]
         if nproc:  # a previous job's zombies may hold the uid for a moment: some slack
@@ -391,6 +411,9 @@ class LocalSandbox:
         args += ["--uid", "1000", "--gid", "1000"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
         args += ["--ro-bind", "/usr", "/usr"]
+        for hidden in _USR_ETC:
+            if os.path.isdir(hidden):
+                args += ["--size", "4096", "--tmpfs", hidden, "--remount-ro", hidden]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
             args += _symlink_or_bind(top)
         assert self._etc is not None
@@ -398,7 +421,12 @@ class LocalSandbox:
         # bwrap's /dev is a tmpfs of its own, with no size: shared memory gets a sized one and
         # the rest of /dev is read-only (its device nodes still work).
         shm = str(job.limits.file_mb << 20)
-        args += ["--size", shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+        args += ["--size", shm, "--tmpfs", "/dev/shm"]
+        # No ptys: each is taken from a host-wide count (kernel.pty.max), and a job has no use
+        # for a terminal. An empty read-only mount hides bwrap's devpts, so /dev/ptmx (a link
+        # into it) leads nowhere.
+        args += ["--size", "4096", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts"]
+        args += ["--remount-ro", "/dev"]
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
@@ -465,7 +493,13 @@ class LocalSandbox:
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
             result = await _execute(argv, job, uid, cwd, env, fds, enter, on_start)
             if cgroup is not None and cgroup.oom_kills():
-                result = dataclasses.replace(result, oom_killed=True)
+                result = dataclasses.replace(
+                    result, oom_killed=True, host_pressure=not cgroup.cap_reached()
+                )
+            elif cgroup is None and result.signal == signal.SIGKILL and not result.timed_out:
+                # Not the sandbox's kill (deadline, output cap): the program's own, or the OOM
+                # killer's, which without a cgroup cannot be told apart.
+                result = dataclasses.replace(result, host_pressure=not result.output_exceeded)
             return result
         raise AssertionError("unreachable")
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from assay.clients.schema import CodeSpec
 from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
 from assay.sandboxes.languages import Language, languages
-from assay.verifiers.base import Status, Verdict, clip
+from assay.verifiers.base import Status, Verdict, clip, escape_controls
 from assay.verifiers.compare import outputs_match
 
 # libc's words for a write past RLIMIT_FSIZE or a full work dir, whatever the language.
@@ -50,27 +50,24 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
 
 
-# Control characters (terminal escapes, NULs) a program wrote: escaped, since feedback may be
-# shown to a person's terminal or fed back to a model.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def _tail(raw: bytes) -> str:
-    lines = raw.decode(errors="replace").rstrip().splitlines()
-    text = "\n".join(lines[-_TAIL_LINES:])
-    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+    lines = raw.decode(errors="replace").rstrip().split("\n")
+    return escape_controls("\n".join(lines[-_TAIL_LINES:]))
 
 
 def _with_source(stderr: bytes, frame: re.Pattern[str], program: str) -> bytes:
     """The tail of a traceback of a program read from stdin, with the source line of its last
     frame put back. Only that one, and only in the tail: the program writes its own stderr and
-    could name any number of lines, of the hidden tests too."""
-    lines = stderr.decode(errors="replace").splitlines()[-(_TAIL_LINES - 1) :]
+    could name any number of lines, of the hidden tests too, or none that exists."""
+    lines = stderr.decode(errors="replace").rstrip("\n").split("\n")[-(_TAIL_LINES - 1) :]
     for i in range(len(lines) - 1, -1, -1):
-        found = frame.match(lines[i])
+        found = frame.match(lines[i][:_EXAMINED_LINE])
         if found is None:
             continue
-        number = int(found[1])
+        digits = found[1]
+        number = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 10 else 0
+        if number < 1:  # a line no program has: a frame the program wrote itself
+            break
         text = next(itertools.islice(io.StringIO(program), number - 1, number), "").strip()
         following = lines[i + 1].strip() if i + 1 < len(lines) else ""
         if text and following != text[:_SHOWN]:  # syntax errors show their line already
@@ -79,13 +76,27 @@ def _with_source(stderr: bytes, frame: re.Pattern[str], program: str) -> bytes:
     return "\n".join(lines).encode() + b"\n"
 
 
+# What of a program's stderr the language table's patterns examine: its first and last lines,
+# each cut short. The program writes its stderr (1 MiB of it), and a pattern's cost can grow
+# faster than its input; these bound it whatever the pattern.
+_EXAMINED_LINES = 32
+_EXAMINED_LINE = 500
+
+
+def _excerpt(stderr: str) -> str:
+    lines = stderr.split("\n")
+    if len(lines) > 2 * _EXAMINED_LINES:
+        lines = lines[:_EXAMINED_LINES] + lines[-_EXAMINED_LINES:]
+    return "\n".join(line[:_EXAMINED_LINE] for line in lines)
+
+
 def _matches(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
     return any(p.search(text) for p in patterns)
 
 
 def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status, str]:
     """A run's status apart from its output, and why: `PASSED` means it ran to exit 0."""
-    stderr = run.stderr.decode(errors="replace")
+    stderr = _excerpt(run.stderr.decode(errors="replace"))
     if run.timed_out:
         return Status.TIMEOUT, f"time limit exceeded ({limits.wall_s:g} s)"
     if run.output_exceeded:
@@ -94,6 +105,11 @@ def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status
         return Status.OUTPUT_LIMIT, f"file size limit exceeded ({limits.file_mb} MB)"
     # A program that exits 0 although one of its processes died for memory has still done
     # its work; its output is judged.
+    if run.exit_code != 0 and run.oom_killed and run.host_pressure:
+        return Status.MEMORY_LIMIT, (
+            f"killed for memory before reaching its limit ({limits.memory_mb} MB): the host "
+            "was short of memory (not cached; the item is judged again when sent again)"
+        )
     if run.exit_code != 0 and (run.oom_killed or _matches(language.memory_error, stderr)):
         return Status.MEMORY_LIMIT, f"memory limit exceeded ({limits.memory_mb} MB)"
     if run.exit_code == 0:
@@ -179,7 +195,7 @@ class CodeVerifier:
         status, why = classify(run, language, limits)
         if status is Status.PASSED and end and token.encode() not in run.stdout:
             status, why = Status.FAILED, "the program exited (status 0) before the test code ran"
-        stderr = run.stderr.decode(errors="replace")
+        stderr = _excerpt(run.stderr.decode(errors="replace"))
         if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
             status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
         detail: dict[str, Any] = {
@@ -190,7 +206,7 @@ class CodeVerifier:
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)
         detail["status"] = status.value
-        return Verdict(status, 0.0, clip(why), details)
+        return Verdict(status, 0.0, clip(why), details, cacheable=not run.host_pressure)
 
     async def _run_io_tests(
         self, payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
@@ -199,6 +215,7 @@ class CodeVerifier:
         total = len(spec.tests)
         results: list[dict[str, Any]] = []
         first_failure: tuple[Status, int, str] | None = None
+        cacheable = True  # False once a run may have died of the host's memory shortage
         for number, test in enumerate(spec.tests, start=1):
             job = Job(
                 argv=language.run,
@@ -217,6 +234,7 @@ class CodeVerifier:
                         f"expected: {_show(test.expected_stdout)}\nactual: {_show(actual)}"
                     )
             passed = status is Status.PASSED
+            cacheable = cacheable and (passed or not run.host_pressure)
             entry: dict[str, Any] = {"passed": passed, "time_ms": round(run.time_s * 1000, 1)}
             if not passed:
                 entry["status"] = status.value
@@ -234,4 +252,4 @@ class CodeVerifier:
         if status is Status.COMPILE_ERROR:
             return Verdict(status, 0.0, clip(f"compile error\n{why}"), details)
         feedback = f"{n_passed}/{total} tests passed; test {number}/{total}: {why}"
-        return Verdict(status, reward, clip(feedback), details)
+        return Verdict(status, reward, clip(feedback), details, cacheable=cacheable)
