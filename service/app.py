@@ -227,7 +227,8 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
 def lean_verifier(settings: Settings) -> LeanVerifier:
     """The `lean` verifier that the `lean_*` settings describe."""
     backend: ReplBackend | KiminaBackend
-    if settings.lean_backend == "kimina" and settings.lean_kimina_url:
+    if settings.lean_backend == "kimina":
+        assert settings.lean_kimina_url is not None  # the settings' validator says so
         backend = KiminaBackend(
             settings.lean_kimina_url,
             api_key=settings.lean_kimina_api_key,

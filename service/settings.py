@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     )
     lean_kimina_url: str | None = Field(default=None, description="The Kimina Lean Server.")
     lean_kimina_api_key: str | None = None
+
+    @model_validator(mode="after")
+    def _kimina_has_a_url(self) -> Settings:
+        if self.lean_backend == "kimina" and not self.lean_kimina_url:
+            raise ValueError("ASSAY_LEAN_BACKEND=kimina needs ASSAY_LEAN_KIMINA_URL")
+        return self
 
 
 def _memory_gb() -> int:

@@ -47,6 +47,9 @@ def main() -> None:
     exchanges = script["exchanges"]
     used = [False] * len(exchanges)
     strict = script.get("strict_order", False)
+    by_key: dict[str, list[int]] = {}
+    for k, exchange in enumerate(exchanges):
+        by_key.setdefault(_key(exchange["request"]), []).append(k)
     out = sys.stdout.buffer
     while True:
         query = _read_query()
@@ -59,14 +62,15 @@ def main() -> None:
         except ValueError:
             key = query.strip()
         found = None
-        for k, exchange in enumerate(exchanges):
-            if used[k] and not exchange.get("repeat"):
-                continue
-            if _key(exchange["request"]) == key:
+        if strict:
+            k = used.index(False) if False in used else -1
+            if k >= 0 and k in by_key.get(key, ()):
                 found = k
-                break
-            if strict:
-                break
+        else:
+            for k in by_key.get(key, ()):
+                if not used[k] or exchanges[k].get("repeat"):
+                    found = k
+                    break
         if found is None:
             sys.stderr.write(f"stand-in: no recorded answer for {query.strip()[:2000]}\n")
             sys.exit(3)
