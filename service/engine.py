@@ -280,9 +280,10 @@ class Engine:
         sandbox_reason = self.sandbox.unavailable_reason()
         verifiers = []
         for name, verifier in sorted(self.verifiers.items()):
-            # A verifier whose own tools are missing (Lean) says so apart from any spec.
+            # A verifier that knows whether it can run here (its own tools, a remote server)
+            # says so itself, apart from any spec; the others depend on the sandbox.
             own = getattr(verifier, "unavailable_reason", None)
-            reason = (own() if own is not None else None) or sandbox_reason
+            reason = own(self.sandbox) if own is not None else sandbox_reason
             verifiers.append(
                 VerifierInfo(
                     name=name,

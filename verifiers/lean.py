@@ -851,14 +851,15 @@ class LeanVerifier:
         start = getattr(self.backend, "start_timeout_s", 0.0)
         return spec.timeout_s + start + 2 * self.backend.check_timeout_s + 30.0
 
-    def unavailable_reason(self) -> str | None:
-        return self.backend.unavailable_reason()
-
-    def check(self, spec: LeanSpec, sandbox: Sandbox) -> str | None:
+    def unavailable_reason(self, sandbox: Sandbox) -> str | None:
+        """Why no `lean` item can be judged here (`GET /v1/verifiers`), or `None`."""
         reason = self.backend.unavailable_reason()
         if reason is not None:
             return reason
         return sandbox.unavailable_reason() if isinstance(self.backend, ReplBackend) else None
+
+    def check(self, spec: LeanSpec, sandbox: Sandbox) -> str | None:
+        return self.unavailable_reason(sandbox)
 
     def facts(self, sandbox: Sandbox) -> dict[str, Any]:
         return {
@@ -908,7 +909,8 @@ class LeanVerifier:
             header_rest=header_rest,
             statement=statement,
             spec=spec,
-            own_imports=bool(split.imports),
+            # A completion repeating the header's imports is judged as on the header.
+            own_imports=bool(split.imports) and set(split.imports) != set(header_imports),
         )
         checked = await self.backend.check(job, sandbox)
         if checked.verdict is not None:

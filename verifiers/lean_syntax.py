@@ -33,8 +33,6 @@ FORBIDDEN: dict[str, frozenset[str]] = {
             "#guard",
             "#test",
             "#sample",
-            "#find",
-            "#exit",
         }
     ),
     # new syntax and elaborators: they rewrite how later text parses and elaborates
@@ -300,6 +298,9 @@ def violations(text: str, allow: Iterable[str] = ()) -> list[Violation]:
         if group is not None and group not in allowed:
             found.append(Violation(group, word, tok.line, tok.column))
             continue
+        if word == "native" and "native_decide" not in allowed and _assigns(toks, k):
+            # `decide (config := { native := true })`, the older spelling of `decide +native`
+            found.append(Violation("native_decide", "native :=", tok.line, tok.column))
         if word == "set_option" and k + 1 < len(toks) and "options" not in allowed:
             option = toks[k + 1].text
             if _FORBIDDEN_OPTION.match(option):
@@ -313,6 +314,19 @@ def violations(text: str, allow: Iterable[str] = ()) -> list[Violation]:
             seen.add((v.line, v.column))
             unique.append(v)
     return unique
+
+
+def _assigns(toks: list[Token], k: int) -> bool:
+    """Whether toks[k] is followed by `:=` (two tokens, adjacent)."""
+    if k + 2 >= len(toks):
+        return False
+    colon, equals = toks[k + 1], toks[k + 2]
+    return (
+        colon.text == ":"
+        and equals.text == "="
+        and equals.line == colon.line
+        and equals.column == colon.column + 1
+    )
 
 
 def _attribute_violations(toks: list[Token], k: int, allowed: set[str]) -> Iterator[Violation]:

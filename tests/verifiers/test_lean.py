@@ -416,6 +416,7 @@ TOKEN_CHEATS = {
     "sorryAx-by-hand": GCD_PROOF.replace("by norm_num", "sorryAx _ false"),
     "native_decide": GCD_PROOF.replace("norm_num", "native_decide"),
     "decide-native": GCD_PROOF.replace("norm_num", "decide +native"),
+    "decide-native-config": GCD_PROOF.replace("norm_num", "decide (config := { native := true })"),
     "skip-kernel": "set_option debug.skipKernelTC true in\n" + GCD_PROOF,
     "instance-hijack": "instance : Inhabited Nat := ⟨12⟩\n" + GCD_PROOF,
     "implemented-by": "@[implemented_by id] def g (n : Nat) : Nat := n\n" + GCD_PROOF,
