@@ -37,7 +37,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
@@ -60,8 +60,8 @@ from assay.verifiers.lean_repl import (
 from assay.verifiers.lean_syntax import (
     Split,
     Statement,
-    normalize,
     parse_statement,
+    same_tokens,
     sorry_ax_at,
     split_imports,
     tokens,
@@ -362,8 +362,8 @@ def judge_probe(probe: Probe, spec: LeanSpec, statement: Statement | None) -> Ve
 
 
 def statement_text_matches(body: str, statement: Statement) -> str | None:
-    """`None` when the body declares `theorem NAME` with the spec's statement text (whitespace
-    normalised); else why not."""
+    """`None` when the body declares `theorem NAME` with the spec's statement text (the same
+    tokens: whitespace, line breaks and comments aside); else why not."""
     toks = list(tokens(body))
     lines = body.split("\n")
     starts = [0]
@@ -378,13 +378,13 @@ def statement_text_matches(body: str, statement: Statement) -> str | None:
                 theirs = parse_statement(body[begin:])
             except ValueError:
                 continue
-            if normalize(theirs.text) == normalize(statement.text):
+            if same_tokens(theirs.text, statement.text):
                 return None
     if not found:
         return f"the completion does not state `theorem {statement.name}`"
     return (
         f"the statement of `{statement.name}` is not the spec's "
-        "(compared with whitespace normalised)"
+        "(compared token by token, whitespace and comments aside)"
     )
 
 
@@ -398,7 +398,6 @@ class Checked:
     verdict: Verdict | None = None
     """Set when the backend decided already (errors, sorry, timeout, header failure)."""
     probe: Probe | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class HeaderFailed(Exception):

@@ -155,8 +155,9 @@ def _ident_rest(ch: str) -> bool:
     )
 
 
-def tokens(text: str) -> Iterator[Token]:
-    """The tokens of Lean text, comments and literal contents left out."""
+def tokens(text: str, *, literals: bool = False) -> Iterator[Token]:
+    """The tokens of Lean text, comments and literal contents left out (`literals`: string
+    and character literals are tokens too, whole)."""
     i, n, line, col0 = 0, len(text), 1, 0
 
     def advance(to: int) -> None:
@@ -194,7 +195,9 @@ def tokens(text: str) -> Iterator[Token]:
             j = i + 1
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
-            if interpolated:  # `s!"..{term}.."`: the terms are code
+            if literals:
+                yield Token(text[i : j + 1], start_line, start_col)
+            elif interpolated:  # `s!"..{term}.."`: the terms are code
                 yield from _shifted(tokens(text[i + 1 : j]), start_line, start_col + 1)
             advance(min(j + 1, n))
             continue
@@ -202,11 +205,16 @@ def tokens(text: str) -> Iterator[Token]:
             hashes = len(re.match(r"r(#*)", text[i:])[1])  # type: ignore[index]
             close = '"' + "#" * hashes
             end = text.find(close, i + 2 + hashes)
-            advance(n if end < 0 else end + len(close))
+            stop = n if end < 0 else end + len(close)
+            if literals:
+                yield Token(text[i:stop], start_line, start_col)
+            advance(stop)
             continue
         if ch == "'" and (i == 0 or not _ident_rest(text[i - 1])):
             m = re.match(r"'(\\.[^']*|[^'\\])'", text[i:])
             if m:
+                if literals:
+                    yield Token(m[0], start_line, start_col)
                 advance(i + m.end())
                 continue
         if ch == "«":
@@ -497,6 +505,12 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def same_tokens(a: str, b: str) -> bool:
+    """Whether two texts are the same Lean tokens (whitespace and comments aside: `0<x` and
+    `0 < x` are the same, `f ab` and `f a b` are not)."""
+    return [t.text for t in tokens(a, literals=True)] == [t.text for t in tokens(b, literals=True)]
+
+
 __all__ = [
     "FORBIDDEN",
     "GROUPS",
@@ -507,6 +521,7 @@ __all__ = [
     "Violation",
     "normalize",
     "parse_statement",
+    "same_tokens",
     "sorry_ax_at",
     "split_imports",
     "tokens",

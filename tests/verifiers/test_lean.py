@@ -885,3 +885,34 @@ async def test_kimina_positions_map_back_to_the_completion() -> None:
         await verifier.close()
     assert verdict.status is Status.FAILED
     assert "line 1, col 61: linarith failed" in verdict.feedback
+
+
+@pytest.mark.parametrize(
+    ("text", "groups"),
+    [
+        ('theorem t : "-- not a comment" = "" := by\n  #eval 1', ["eval"]),
+        ("/- /- nested -/ #eval -/ theorem t : True := trivial", []),
+        ("theorem t : '\"' = '\"' := rfl\n#eval 1", ["eval"]),
+        ('theorem t : r#"#eval "quoted""# = "" := rfl', []),
+        ('#check s!"{(by native_decide : 1 = 1)}"', ["native_decide"]),
+        ("theorem h' : x' = x' := rfl -- #eval", []),
+        ("open Lean in\nreduceBool", ["native_decide"]),
+        ("@[simp, ext] theorem t : True := trivial", []),
+        ("@[local simp] theorem t : True := trivial", []),
+        ("@[aesop safe] theorem t : True := trivial", ["attributes"]),
+        ("set_option maxHeartbeats 0 in\ntheorem t : True := trivial", []),
+        ("set_option compiler.extract_closed false", ["options"]),
+    ],
+)
+def test_the_token_rules(text: str, groups: list[str]) -> None:
+    from assay.verifiers.lean_syntax import violations
+
+    assert [v.group for v in violations(text)] == groups
+
+
+def test_statements_compare_as_tokens() -> None:
+    from assay.verifiers.lean_syntax import same_tokens
+
+    assert same_tokens("theorem x : 0<x", "theorem  x :\n  0 < x -- a comment")
+    assert not same_tokens("theorem x : f ab", "theorem x : f a b")
+    assert not same_tokens('theorem x : "a".length = 1', 'theorem x : "ab".length = 1')
