@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Hashable, Sequence
@@ -75,6 +76,9 @@ DEFAULT_HEADER = (
 DEFAULT_COMMAND = ("lake", "env", "/opt/lean/repl/.lake/build/bin/repl")
 PROBE_PREFIX = "ASSAY-PROBE "
 _SHOWN_ERRORS = 3
+# What a process says on stderr when its address-space limit stops an allocation (Lean's
+# runtime, C++'s allocator, Python's for the tests' stand-in).
+_OUT_OF_MEMORY = re.compile(r"out of memory|std::bad_alloc|MemoryError|Cannot allocate memory")
 _REFS_PER_REPL = 256
 
 # The probe: a command elaborator that reports what the environment holds. Defined once per
@@ -635,7 +639,7 @@ class ReplBackend:
                 Verdict(Status.TIMEOUT, 0.0, f"Lean did not finish within {job.spec.timeout_s:g} s")
             )
         except ReplBroken as exc:
-            if repl.tool.oom_killed():
+            if repl.tool.oom_killed() or _OUT_OF_MEMORY.search(str(exc)):
                 return Checked(
                     Verdict(
                         Status.MEMORY_LIMIT, 0.0, f"Lean ran out of memory ({self.memory_mb} MB)"

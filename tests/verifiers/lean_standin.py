@@ -12,6 +12,7 @@ skipped; end of input ends the session) and looks the request up in the script:
                     "answer": "...",    # written exactly, its framing blank line included
                     "repeat": bool,     # may answer more than once
                     "delay_s": float,   # wait before answering (a proof that never ends)
+                    "allocate_mb": int, # allocate this much before answering
                     "exit": int}]}      # exit with this status instead of answering (a crash)
 
 A request the script does not hold is a test failure: the stand-in says so on stderr and exits
@@ -78,6 +79,9 @@ def main() -> None:
         exchange = exchanges[found]
         if exchange.get("delay_s"):
             time.sleep(exchange["delay_s"])
+        if exchange.get("allocate_mb"):  # a proof that eats memory until a limit stops it
+            hog = [bytearray(1 << 20) for _ in range(exchange["allocate_mb"])]
+            del hog
         if "exit" in exchange:
             sys.stderr.write("stand-in: exiting as recorded\n")
             sys.exit(exchange["exit"])

@@ -68,7 +68,7 @@ async def sandbox() -> AsyncIterator[LocalSandbox]:
 TRANSCRIPTS = sorted(
     p.name.removesuffix(".in")
     for p in FIXTURES.glob("*.in")
-    if p.name.removesuffix(".in") not in ("invalid_line_break", "file", "file_env")
+    if p.name.removesuffix(".in") != "invalid_line_break"  # test_requests_escape_newlines
 ) + ["Mathlib/H20231020", "Mathlib/H20231215", "Mathlib/H20231215_2", "Mathlib/exact"]
 
 
@@ -916,3 +916,44 @@ def test_statements_compare_as_tokens() -> None:
     assert same_tokens("theorem x : 0<x", "theorem  x :\n  0 < x -- a comment")
     assert not same_tokens("theorem x : f ab", "theorem x : f a b")
     assert not same_tokens('theorem x : "a".length = 1', 'theorem x : "ab".length = 1')
+
+
+@needs_bwrap
+async def test_tactics_and_file_mode_answers_are_read(
+    sandbox: LocalSandbox, tmp_path: Path
+) -> None:
+    tactics = (await _replay(sandbox, tmp_path, "all_tactics"))[0]["tactics"]
+    assert [t["tactic"] for t in tactics] == ["have t := 37", "exact t"]
+    assert tactics[0]["usedConstants"] == ["instOfNatNat", "Nat", "OfNat.ofNat"]
+    infos = (await _replay(sandbox, tmp_path, "file_env"))[2]["messages"]
+    assert [m["severity"] for m in infos] == ["info", "info"]
+
+
+@needs_bwrap
+@pytest.mark.parametrize(
+    ("exchange", "status"),
+    [
+        ({"answer": "this is not JSON\n\n"}, Status.RUNTIME_ERROR),
+        ({"answer": "", "allocate_mb": 2048}, Status.MEMORY_LIMIT),
+    ],
+    ids=["garbage", "out-of-memory"],
+)
+async def test_a_broken_answer_to_the_completion_is_judged_and_the_repl_replaced(
+    sandbox: LocalSandbox, tmp_path: Path, exchange: dict[str, Any], status: Status
+) -> None:
+    bad = GCD_PROOF.replace("norm_num", "simp")
+    script = _gcd_script()
+    extra = {k: v for k, v in exchange.items() if k != "answer"}
+    script.completion(bad, 2, exchange["answer"], "constructed", **extra)
+    _passing(script)
+    backend = standin_backend(tmp_path, script, memory_mb=256)
+    verifier = LeanVerifier(backend, default_header=HEADER)
+    try:
+        verdict = await verifier.verify(bad, LeanSpec(theorem=GCD), sandbox)
+        assert verdict.status is status, verdict.feedback
+        assert verdict.reward == 0.0
+        verdict = await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), sandbox)
+        assert verdict.status is Status.PASSED, verdict.feedback
+        assert backend.pool.stats.started == 2
+    finally:
+        await verifier.close()
