@@ -119,22 +119,7 @@ elab (name := assayProbe_{nonce}) "assay_probe_{nonce}"
     for a in (← collectAxioms n) do
       unless axioms.contains a do
         axioms := axioms.push a
-    if replay.getNat == 1 then
-      let copy := `assay_replay ++ n
-      let decl? : Option Declaration := match env.find? n with
-        | some (.thmInfo v) => some (.thmDecl {{ v with name := copy, all := [copy] }})
-        | some (.defnInfo v) =>
-          if v.safety == .safe then
-            some (.defnDecl {{ v with name := copy, all := [copy] }})
-          else none
-        | _ => none
-      if let some decl := decl? then
-        match kenv.addDecl {{}} decl with
-        | .ok _ => pure ()
-        | .error e =>
-          let msg ← (e.toMessageData {{}}).toString
-          replayed := replayed.push (Json.str s!"{{n}}: {{msg}}")
-  let mut statement : Json := Json.null
+{replay_block}  let mut statement : Json := Json.null
   if !target.getString.isEmpty then
     match fresh.find? (fun n => toString n == target.getString) with
     | none => statement := Json.mkObj [("found", Json.bool false)]
@@ -154,8 +139,32 @@ elab (name := assayProbe_{nonce}) "assay_probe_{nonce}"
 """
 
 
-def probe_source(nonce: str) -> str:
-    return PROBE_SOURCE.replace("{PROBE_PREFIX}", PROBE_PREFIX).format(nonce=nonce)
+# Kernel replay, part of the probe only where it is turned on (so that an API it uses that a
+# toolchain lacks breaks replay alone, not every check).
+REPLAY_BLOCK = """\
+    if replay.getNat == 1 then
+      let copy := `assay_replay ++ n
+      let decl? : Option Declaration := match env.find? n with
+        | some (.thmInfo v) => some (.thmDecl { v with name := copy, all := [copy] })
+        | some (.defnInfo v) =>
+          if v.safety == .safe then
+            some (.defnDecl { v with name := copy, all := [copy] })
+          else none
+        | _ => none
+      if let some decl := decl? then
+        match kenv.addDecl {} decl with
+        | .ok _ => pure ()
+        | .error e =>
+          let msg ← (e.toMessageData {}).toString
+          replayed := replayed.push (Json.str s!"{n}: {msg}")
+"""
+
+
+def probe_source(nonce: str, replay: bool = False) -> str:
+    """The probe's Lean source (an `elab` command) for this nonce."""
+    block = REPLAY_BLOCK if replay else ""  # `replay` then unused: a linter warning at most
+    source = PROBE_SOURCE.replace("{PROBE_PREFIX}", PROBE_PREFIX)
+    return source.replace("{replay_block}", "\x00").format(nonce=nonce).replace("\x00", block)
 
 
 def _lean_string(text: str) -> str:
@@ -186,13 +195,13 @@ def probe_command(
     )
 
 
-def header_command(imports: Sequence[str], rest: str, nonce: str) -> str:
+def header_command(imports: Sequence[str], rest: str, nonce: str, replay: bool = False) -> str:
     """The REPL's first command: the imports (with `import Lean`, which the probe needs), the
     probe, then the header's own commands (`open`s, options, given definitions)."""
     lines = list(imports)
     if "import Lean" not in lines:
         lines.append("import Lean")
-    text = "\n".join(lines) + "\n\n" + probe_source(nonce)
+    text = "\n".join(lines) + "\n\n" + probe_source(nonce, replay)
     if rest.strip():
         text += "\n" + rest.strip("\n") + "\n"
     return text
@@ -543,7 +552,9 @@ class ReplBackend:
         repl.facts["refs"] = {}
         try:
             answer = await repl.command(
-                header_command(imports, rest, nonce), None, self.start_timeout_s
+                header_command(imports, rest, nonce, self.kernel_replay),
+                None,
+                self.start_timeout_s,
             )
             errors = [m for m in answer.get("messages") or [] if m["severity"] == "error"]
             if errors:
@@ -711,7 +722,8 @@ class KiminaBackend:
 
     async def check(self, job: Job, sandbox: Sandbox) -> Checked:
         nonce = self._nonce()
-        parts = [("header", header_command(job.split.imports, job.header_rest, nonce))]
+        header = header_command(job.split.imports, job.header_rest, nonce, self.kernel_replay)
+        parts = [("header", header)]
         reference = ""
         if job.statement is not None:
             reference = f"assay_ref_{nonce}_0"

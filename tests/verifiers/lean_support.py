@@ -122,11 +122,17 @@ class Script:
         assert source in ("recorded", "constructed")
         self.exchanges.append({"request": request, "answer": answer, "source": source, **extra})
 
-    def start(self, header: str = HEADER, *, known: list[str] = ()) -> None:  # type: ignore[assignment]
+    def start(
+        self,
+        header: str = HEADER,
+        *,
+        known: list[str] = (),  # type: ignore[assignment]
+        replay: bool = False,
+    ) -> None:
         """The header command (answered `{"env": 0}`, as H20231020 records a header) and the
         probe's first call, which lists the header's own declarations (env 1)."""
         split = split_imports(header)
-        command = header_command(split.imports, split.body, NONCE)
+        command = header_command(split.imports, split.body, NONCE, replay)
         self.add({"cmd": command}, recorded("Mathlib/H20231020", 0), "recorded", repeat=True)
         tag = f"{NONCE}-start"
         listing = probe_command(NONCE, "", "", [], False, tag)

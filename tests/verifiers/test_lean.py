@@ -492,7 +492,9 @@ async def test_a_given_definition_cannot_be_redefined(
 @needs_bwrap
 @pytest.mark.parametrize("rejected", [[], ["mathd_numbertheory_188: (kernel) type mismatch"]])
 async def test_kernel_replay(sandbox: LocalSandbox, tmp_path: Path, rejected: list[str]) -> None:
-    script = _gcd_script()
+    script = Script()
+    script.start(replay=True)  # the probe with its replay part
+    script.reference(GCD, "⊢ Nat.gcd 180 168 = 12")
     script.completion(GCD_PROOF, 2, env_answer(1), "recorded")
     script.probe(
         env=1,
@@ -957,3 +959,11 @@ async def test_a_broken_answer_to_the_completion_is_judged_and_the_repl_replaced
         assert backend.pool.stats.started == 2
     finally:
         await verifier.close()
+
+
+def test_the_replay_part_of_the_probe_is_sent_only_when_on() -> None:
+    from assay.verifiers.lean import probe_source
+
+    assert "addDecl" not in probe_source("n0")
+    assert "addDecl" in probe_source("n0", replay=True)
+    assert "assay_probe_n0" in probe_source("n0")
