@@ -394,6 +394,12 @@ def statement_text_matches(body: str, statement: Statement) -> str | None:
             if same_tokens(theirs.text, statement.text):
                 return None
     if not found:
+        others = [
+            toks[k + 1].text for k, t in enumerate(toks[:-1]) if t.text in ("theorem", "lemma")
+        ]
+        if others:
+            shown = ", ".join(others[:3])
+            return f"the completion proves other theorems ({shown}), not `{statement.name}`"
         return f"the completion does not state `theorem {statement.name}`"
     return (
         f"the statement of `{statement.name}` is not the spec's "
@@ -918,7 +924,10 @@ class LeanVerifier:
         if statement is not None:
             why = statement_text_matches(split.body, statement)
             if why is not None:
-                return Verdict(Status.FORBIDDEN, 0.0, why)
+                # No theorem at all is a wrong answer; another statement or name is a dodge.
+                declares = any(t.text in ("theorem", "lemma") for t in tokens(split.body))
+                status = Status.FORBIDDEN if declares else Status.FAILED
+                return Verdict(status, 0.0, why)
         job = Job(
             split=split if split.imports else Split(header_imports, split.body, split.body_line),
             header_rest=header_rest,

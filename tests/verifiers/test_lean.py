@@ -313,7 +313,7 @@ async def test_sorry_passes_where_the_spec_allows_it(sandbox: LocalSandbox, tmp_
     ("completion", "why"),
     [
         (GCD_PROOF.replace("= 12", "= 12 ∨ True"), "not the spec's"),
-        (GCD_PROOF.replace("mathd_numbertheory_188", "easier"), "does not state"),
+        (GCD_PROOF.replace("mathd_numbertheory_188", "easier"), "other theorems (easier)"),
         ("theorem mathd_numbertheory_188 (h : False) : Nat.gcd 180 168 = 12 := h.elim", "spec's"),
     ],
     ids=["weakened", "other-name", "extra-hypothesis"],
@@ -967,3 +967,13 @@ def test_the_replay_part_of_the_probe_is_sent_only_when_on() -> None:
     assert "addDecl" not in probe_source("n0")
     assert "addDecl" in probe_source("n0", replay=True)
     assert "assay_probe_n0" in probe_source("n0")
+
+
+@needs_bwrap
+async def test_a_completion_without_the_theorem_fails(
+    sandbox: LocalSandbox, tmp_path: Path
+) -> None:
+    verdict, backend = await _verify(sandbox, tmp_path, Script(), "  norm_num", {"theorem": GCD})
+    assert verdict.status is Status.FAILED
+    assert "does not state `theorem mathd_numbertheory_188`" in verdict.feedback
+    assert backend.pool.stats.started == 0
