@@ -139,12 +139,16 @@ class Token:
 
 
 def _ident_start(ch: str) -> bool:
-    if ch == "_" or ch.isalpha():
+    if ch.isascii():
+        return ch == "_" or ch.isalpha()
+    if ch.isalpha():
         return ch not in "λΠΣ"
     return unicodedata.category(ch) in ("Ll", "Lu", "Lo", "Lm", "Lt") or "\u1d00" <= ch <= "\u1dbf"
 
 
 def _ident_rest(ch: str) -> bool:
+    if ch.isascii():
+        return ch.isalnum() or ch in "_'!?"
     return (
         _ident_start(ch)
         or ch.isdigit()
