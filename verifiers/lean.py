@@ -552,10 +552,8 @@ class ReplBackend:
             env=self.env,
         )
         tool = await self._sandbox.spawn(spec)
-        repl = LeanRepl(tool)
         nonce = self._nonce()
-        repl.facts["nonce"] = nonce
-        repl.facts["refs"] = {}
+        repl = LeanRepl(tool, nonce)
         try:
             answer = await repl.command(
                 header_command(imports, rest, nonce, self.kernel_replay),
@@ -574,7 +572,7 @@ class ReplBackend:
                 probe = parse_probe(listing, tag)
             except ProbeError as exc:
                 raise SandboxError(f"the Lean probe does not work in this REPL: {exc}") from exc
-            repl.facts["known"] = [name for name, _ in probe.decls]
+            repl.known = [name for name, _ in probe.decls]
         except TimeoutError as exc:
             await repl.close()
             raise SandboxError(
@@ -624,11 +622,11 @@ class ReplBackend:
             )
 
     async def _check(self, repl: LeanRepl, job: Job) -> Checked:
-        nonce = repl.facts["nonce"]
+        nonce = repl.nonce
         env = repl.header_env
         reference = ""
         if job.statement is not None:
-            refs: dict[str, tuple[str, int]] = repl.facts["refs"]
+            refs = repl.refs
             cached = refs.get(job.statement.text)
             if cached is None:
                 reference = f"assay_ref_{nonce}_{len(refs)}"
@@ -673,9 +671,7 @@ class ReplBackend:
             return Checked(early)
         tag = f"{nonce}-{repl.proofs}"
         target = job.statement.name if job.statement is not None else ""
-        command = probe_command(
-            nonce, target, reference, repl.facts["known"], self.kernel_replay, tag
-        )
+        command = probe_command(nonce, target, reference, repl.known, self.kernel_replay, tag)
         try:
             probed = await repl.command(command, answer["env"], self.check_timeout_s)
             return Checked(probe=parse_probe(probed, tag))

@@ -169,11 +169,16 @@ class LeanRepl:
     `header_env` is the env id of the header imported when the REPL started (`None`: no
     header, each command starts from Lean's prelude)."""
 
-    def __init__(self, tool: ToolProcess) -> None:
+    def __init__(self, tool: ToolProcess, nonce: str = "") -> None:
         self.tool = tool
+        self.nonce = nonce
+        """The name assay's own commands in this REPL carry (see verifiers/lean.py)."""
         self.header_env: int | None = None
+        self.known: list[str] = []
+        """The header's own declarations."""
+        self.refs: dict[str, tuple[str, int]] = {}
+        """Spec statements elaborated in this REPL: statement → (constant, env)."""
         self.proofs = 0
-        self.facts: dict[str, Any] = {}
         self._broken = False
 
     @property
