@@ -195,13 +195,23 @@ def probe_command(
     )
 
 
-def header_command(imports: Sequence[str], rest: str, nonce: str, replay: bool = False) -> str:
-    """The REPL's first command: the imports (with `import Lean`, which the probe needs), the
-    probe, then the header's own commands (`open`s, options, given definitions)."""
+def _header_imports(imports: Sequence[str]) -> list[str]:
     lines = list(imports)
     if "import Lean" not in lines:
         lines.append("import Lean")
-    text = "\n".join(lines) + "\n\n" + probe_source(nonce, replay)
+    return lines
+
+
+def probe_lines(imports: Sequence[str], replay: bool = False) -> tuple[int, int]:
+    """The lines (first, last) the probe takes in `header_command`'s text."""
+    first = len(_header_imports(imports)) + 2
+    return first, first + probe_source("n", replay).count("\n") - 1
+
+
+def header_command(imports: Sequence[str], rest: str, nonce: str, replay: bool = False) -> str:
+    """The REPL's first command: the imports (with `import Lean`, which the probe needs), the
+    probe, then the header's own commands (`open`s, options, given definitions)."""
+    text = "\n".join(_header_imports(imports)) + "\n\n" + probe_source(nonce, replay)
     if rest.strip():
         text += "\n" + rest.strip("\n") + "\n"
     return text
@@ -561,6 +571,12 @@ class ReplBackend:
                 self.start_timeout_s,
             )
             errors = [m for m in answer.get("messages") or [] if m["severity"] == "error"]
+            first, last = probe_lines(imports, self.kernel_replay)
+            ours = [m for m in errors if first <= m["pos"]["line"] <= last]
+            if ours:  # assay's own Lean does not compile with this toolchain
+                raise SandboxError(
+                    "assay's Lean probe does not compile with this Lean: " + _show_errors(ours, 0)
+                )
             if errors:
                 raise HeaderFailed(_show_errors(errors, 0))
             repl.header_env = answer["env"]
@@ -793,6 +809,12 @@ class KiminaBackend:
             for m in other
             if m["severity"] == "error" and not inside(m, completion) and m not in reference_errors
         ]
+        first, last = probe_lines(job.split.imports, self.kernel_replay)  # the header is first
+        ours = [m for m in header_errors if first <= m["pos"]["line"] <= last]
+        if ours:
+            raise SandboxError(
+                "assay's Lean probe does not compile with this Lean: " + _show_errors(ours, 0)
+            )
         if reference_errors and not header_errors:
             return Checked(_reference_failed(job, _show_errors(reference_errors, 0)))
         if header_errors:

@@ -977,3 +977,32 @@ async def test_a_completion_without_the_theorem_fails(
     assert verdict.status is Status.FAILED
     assert "does not state `theorem mathd_numbertheory_188`" in verdict.feedback
     assert backend.pool.stats.started == 0
+
+
+@needs_bwrap
+async def test_a_probe_that_does_not_compile_is_assays_failure(
+    sandbox: LocalSandbox, tmp_path: Path
+) -> None:
+    # Constructed: an error inside the probe's lines of the header command (a Lean whose API
+    # differs from the one the probe was written for) is not the spec's fault.
+    from assay.verifiers.lean import probe_lines
+
+    first, _ = probe_lines(("import Mathlib",))
+    script = Script()
+    script.start()
+    script.exchanges[0]["answer"] = error_answer(
+        "unknown constant 'Lean.collectAxioms'", 0, first + 20, 4
+    )
+    with pytest.raises(SandboxError, match="probe does not compile"):
+        await _verify(sandbox, tmp_path, script, GCD_PROOF, {"theorem": GCD})
+
+
+def test_probe_lines_span_the_probe() -> None:
+    from assay.verifiers.lean import header_command, probe_lines
+
+    text = header_command(("import Mathlib",), "open Nat", "n")
+    first, last = probe_lines(("import Mathlib",))
+    lines = text.split("\n")
+    assert lines[first - 1].startswith("open Lean Elab Command in")
+    assert lines[last - 1].startswith("  logInfo")
+    assert lines[last + 1] == "open Nat"
