@@ -1006,3 +1006,21 @@ def test_probe_lines_span_the_probe() -> None:
     assert lines[first - 1].startswith("open Lean Elab Command in")
     assert lines[last - 1].startswith("  logInfo")
     assert lines[last + 1] == "open Nat"
+
+
+async def test_kimina_probe_errors_are_assays_failure() -> None:
+    from assay.verifiers.lean import probe_lines
+
+    first, _ = probe_lines(("import Mathlib", "import Aesop"))
+    error = {
+        "severity": "error",
+        "pos": {"line": first + 3, "column": 2},
+        "endPos": {"line": first + 3, "column": 9},
+        "data": "unknown identifier 'toKernelEnv'",
+    }
+    verifier, _ = _kimina({"response": {"messages": [error], "env": 0}})
+    try:
+        with pytest.raises(SandboxError, match="probe does not compile"):
+            await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
+    finally:
+        await verifier.close()
