@@ -1011,7 +1011,7 @@ def test_probe_lines_span_the_probe() -> None:
 async def test_kimina_probe_errors_are_assays_failure() -> None:
     from assay.verifiers.lean import probe_lines
 
-    first, _ = probe_lines(("import Mathlib", "import Aesop"))
+    first, _ = probe_lines(("import Mathlib",))
     error = {
         "severity": "error",
         "pos": {"line": first + 3, "column": 2},
