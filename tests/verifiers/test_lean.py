@@ -1024,3 +1024,10 @@ async def test_kimina_probe_errors_are_assays_failure() -> None:
             await verifier.verify(GCD_PROOF, LeanSpec(theorem=GCD), LocalSandbox())
     finally:
         await verifier.close()
+
+
+@pytest.mark.parametrize("name", [*TRANSCRIPTS, "invalid_line_break"])
+def test_the_stand_in_answers_are_the_recorded_bytes(name: str) -> None:
+    recorded_bytes = (FIXTURES / f"{name}.expected.out").read_bytes()
+    answers = "".join(answer for _, answer in transcript(name))
+    assert answers.encode("utf-8") == recorded_bytes
