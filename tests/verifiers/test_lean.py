@@ -1031,3 +1031,31 @@ def test_the_stand_in_answers_are_the_recorded_bytes(name: str) -> None:
     recorded_bytes = (FIXTURES / f"{name}.expected.out").read_bytes()
     answers = "".join(answer for _, answer in transcript(name))
     assert answers.encode("utf-8") == recorded_bytes
+
+
+@needs_bwrap
+async def test_commands_and_tactic_steps_through_the_client(
+    sandbox: LocalSandbox, tmp_path: Path
+) -> None:
+    # The README transcript: a sorry's proof state, then two tactic steps.
+    script = Script(strict_order=True)
+    for request, answer in transcript("readme"):
+        script.add(request, answer, "recorded")
+    path = script.write(tmp_path)
+    tool = await sandbox.spawn(
+        ToolSpec(
+            argv=("/usr/bin/python3", "-I", str(STANDIN), str(path)),
+            ro_paths=(str(STANDIN.parent), str(tmp_path)),
+        )
+    )
+    repl = LeanRepl(tool)
+    try:
+        answer = await repl.command("def f (x : Unit) : Nat := by sorry", None, 20)
+        state = answer["sorries"][0]["proofState"]
+        step = await repl.tactic("apply Int.natAbs", state, 20)
+        assert step["goals"] == ["x : Unit\n⊢ Int"]
+        done = await repl.tactic("exact -37", step["proofState"], 20)
+        assert done["proofStatus"] == "Completed"
+    finally:
+        await repl.close()
+    assert not repl.alive
