@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,10 @@ def probe_answer(
     tag: str,
     env: int,
     *,
-    decls: list[tuple[str, str]] = (),  # type: ignore[assignment]
-    axioms: list[str] = (),  # type: ignore[assignment]
+    decls: Sequence[tuple[str, str]] = (),
+    axioms: Sequence[str] = (),
     statement: dict[str, Any] | None = None,
-    replay: list[str] = (),  # type: ignore[assignment]
+    replay: Sequence[str] = (),
 ) -> str:
     """What assay's probe logs (constructed: the probe's output format is assay's own)."""
     value = {
@@ -126,7 +127,7 @@ class Script:
         self,
         header: str = HEADER,
         *,
-        known: list[str] = (),  # type: ignore[assignment]
+        known: Sequence[str] = (),
         replay: bool = False,
     ) -> None:
         """The header command (answered `{"env": 0}`, as H20231020 records a header) and the
@@ -164,9 +165,9 @@ class Script:
         proof: int,
         target: str = "",
         reference: str = "",
-        known: list[str] = (),  # type: ignore[assignment]
+        known: Sequence[str] = (),
         replay: bool = False,
-        replay_errors: list[str] = (),  # type: ignore[assignment]
+        replay_errors: Sequence[str] = (),
         **answer: Any,
     ) -> None:
         tag = f"{NONCE}-{proof}"
