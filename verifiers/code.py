@@ -23,6 +23,7 @@ test. Every run has the spec's time and memory limits, enforced by the sandbox f
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import re
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from assay.clients.schema import CodeSpec
+from assay.clients.schema import CodeSpec, IOTest
 from assay.sandboxes.base import Job, Limits, RunResult, Sandbox
 from assay.sandboxes.languages import Language, languages
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
@@ -121,6 +122,42 @@ def classify(run: RunResult, language: Language, limits: Limits) -> tuple[Status
     return Status.RUNTIME_ERROR, f"{how}\n{tail}" if tail else how
 
 
+# Runs whose output is larger than this are judged (decoded, classified, compared) in a
+# worker thread: it is linear work, but a megabyte of it costs the event loop milliseconds.
+_INLINE = 64 << 10
+
+
+def _judge_run(
+    run: RunResult, test: IOTest, spec: CodeSpec, language: Language, limits: Limits
+) -> tuple[Status, str]:
+    """One I/O test's status and why."""
+    status, why = classify(run, language, limits)
+    if status is Status.PASSED:
+        actual = run.stdout.decode(errors="replace")
+        if not outputs_match(actual, test.expected_stdout, spec.compare, spec.float_tol):
+            status = Status.FAILED
+            why = (
+                f"wrong answer\ninput: {_show(test.stdin)}\n"
+                f"expected: {_show(test.expected_stdout)}\nactual: {_show(actual)}"
+            )
+    return status, why
+
+
+def _judge_test_code(
+    run: RunResult, language: Language, limits: Limits, program: str, token: str | None
+) -> tuple[Status, str]:
+    """A test_code run's status and why; `token` must have been printed, if given."""
+    if language.stdin_frame is not None and language.test_code_run:
+        run = replace(run, stderr=_with_source(run.stderr, language.stdin_frame, program))
+    status, why = classify(run, language, limits)
+    if status is Status.PASSED and token is not None and token.encode() not in run.stdout:
+        status, why = Status.FAILED, "the program exited (status 0) before the test code ran"
+    stderr = _excerpt(run.stderr.decode(errors="replace"))
+    if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
+        status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
+    return status, why
+
+
 class CodeVerifier:
     """Runs programs against I/O tests or appended test code."""
 
@@ -190,14 +227,11 @@ class CodeVerifier:
         else:
             job = Job(argv=language.run, files={language.file: program}, limits=limits)
         run = await sandbox.run(job)
-        if language.stdin_frame is not None and language.test_code_run:
-            run = replace(run, stderr=_with_source(run.stderr, language.stdin_frame, program))
-        status, why = classify(run, language, limits)
-        if status is Status.PASSED and end and token.encode() not in run.stdout:
-            status, why = Status.FAILED, "the program exited (status 0) before the test code ran"
-        stderr = _excerpt(run.stderr.decode(errors="replace"))
-        if status is Status.RUNTIME_ERROR and _matches(language.assertion_error, stderr):
-            status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
+        check = (run, language, limits, program, token if end else None)
+        if len(run.stdout) + len(run.stderr) > _INLINE:
+            status, why = await asyncio.to_thread(_judge_test_code, *check)
+        else:
+            status, why = _judge_test_code(*check)
         detail: dict[str, Any] = {
             "passed": status is Status.PASSED,
             "time_ms": round(run.time_s * 1000, 1),
@@ -224,15 +258,10 @@ class CodeVerifier:
                 limits=limits,
             )
             run = await sandbox.run(job)
-            status, why = classify(run, language, limits)
-            if status is Status.PASSED:
-                actual = run.stdout.decode(errors="replace")
-                if not outputs_match(actual, test.expected_stdout, spec.compare, spec.float_tol):
-                    status = Status.FAILED
-                    why = (
-                        f"wrong answer\ninput: {_show(test.stdin)}\n"
-                        f"expected: {_show(test.expected_stdout)}\nactual: {_show(actual)}"
-                    )
+            if len(run.stdout) + len(run.stderr) + len(test.expected_stdout) > _INLINE:
+                status, why = await asyncio.to_thread(_judge_run, run, test, spec, language, limits)
+            else:
+                status, why = _judge_run(run, test, spec, language, limits)
             passed = status is Status.PASSED
             cacheable = cacheable and (passed or not run.host_pressure)
             entry: dict[str, Any] = {"passed": passed, "time_ms": round(run.time_s * 1000, 1)}
