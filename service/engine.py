@@ -243,16 +243,27 @@ class Engine:
                 )
             elapsed = time.monotonic() - t0
             label = item.verifier if item.verifier in self.verifiers else "unknown"
-            self.observer.item_done(label, verdict.status.value, elapsed, cached)
-            result = ScoreResult(
-                id=_echo(item.id),
-                reward=verdict.reward,
-                status=verdict.status.value,
-                feedback=clip(escape_controls(verdict.feedback)),
-                details=verdict.details,
-                elapsed_ms=round(elapsed * 1000, 1),
-                cached=cached,
-            )
+            try:
+                self.observer.item_done(label, verdict.status.value, elapsed, cached)
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=verdict.reward,
+                    status=verdict.status.value,
+                    feedback=clip(escape_controls(verdict.feedback)),
+                    details=verdict.details,
+                    elapsed_ms=round(elapsed * 1000, 1),
+                    cached=cached,
+                )
+            except Exception as exc:  # every item gets a result, or the batch would wait forever
+                log.exception("internal error while making an item's result")
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=None,
+                    status=Status.INTERNAL_ERROR.value,
+                    feedback=clip(f"internal error: {type(exc).__name__}"),
+                    details={"retryable": False},
+                    elapsed_ms=round(elapsed * 1000, 1),
+                )
             await queue.put((index, result))
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]

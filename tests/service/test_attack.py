@@ -153,6 +153,9 @@ def test_unauthenticated_bodies_are_not_read(keyed: Server) -> None:
         b'{"items": [{"id": 1e999, "verifier": "code", "completion": "x"}]}',
         b'{"items": [{"id": "\\ud800", "verifier": "code", "completion": 5}]}',
         b'{"items": [{"verifier": "code", "completion": "x", "spec": {"float_tol": 1e400}}]}',
+        b'{"items": [{"id": ' + b"9" * 5000 + b', "verifier": "code", "completion": "x"}]}',
+        b'{"items": [{"verifier": "code", "completion": "\xff\xfe"}]}',
+        b'{"items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     ],
     ids=[
         "nan_id",
@@ -161,13 +164,25 @@ def test_unauthenticated_bodies_are_not_read(keyed: Server) -> None:
         "overflowing_number",
         "surrogate_echo",
         "overflowing_tolerance",
+        "huge_integer",
+        "not_utf8",
+        "nested_deeply",
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/score/stream"])
-def test_non_json_numbers_are_422(open_server: Server, body: bytes, path: str) -> None:
+def test_bodies_that_are_not_strict_json_are_422(
+    open_server: Server, body: bytes, path: str
+) -> None:
     response = httpx.post(open_server.url + path, content=body, timeout=30)
     assert response.status_code == 422, response.text[:300]
     response.json()  # and the answer is JSON itself
+
+
+def test_a_422_does_not_echo_a_large_input(open_server: Server) -> None:
+    body = {"items": [{"verifier": "code", "completion": ["x" * 1_000_000]}]}
+    response = httpx.post(open_server.url + "/v1/score", json=body, timeout=30)
+    assert response.status_code == 422
+    assert len(response.content) < 10_000
 
 
 def test_lone_surrogate_id_is_the_items_own_status(open_server: Server) -> None:
