@@ -12,6 +12,9 @@ What it refuses, and why:
   no process maps is in no address space, so RLIMIT_AS does not count it. POSIX shared memory
   (`shm_open`: files in the sized `/dev/shm`) and POSIX message queues (RLIMIT_MSGQUEUE) are
   what programs use instead.
+- the kernel's keyrings: add_key, request_key, keyctl (`ENOSYS`). They are not namespaced: a
+  job could read the keys of the session keyring it inherits from the service (a container
+  runtime's default profile refuses them for the same reason).
 - for jobs that may not start processes (`processes == 1`): fork, vfork and clone (`EAGAIN`,
   as at a process limit) and clone3 (`ENOSYS`, so that libc falls back to clone). This holds
   whatever uid the job runs as, where RLIMIT_NPROC needs a uid per job.
@@ -68,6 +71,9 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "msgrcv": 70,
             "msgctl": 71,
             "semtimedop": 220,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
             "io_uring_setup": 425,
             "io_uring_enter": 426,
             "io_uring_register": 427,
@@ -90,6 +96,9 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
             "shmat": 196,
             "shmdt": 197,
             "socket": 198,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
             "clone": 220,
             "io_uring_setup": 425,
             "io_uring_enter": 426,
@@ -114,6 +123,9 @@ _SYSV_IPC = (
     "semtimedop",
     "semctl",
 )
+
+
+_KEYRINGS = ("add_key", "request_key", "keyctl")
 
 
 class _Assembler:
@@ -156,7 +168,7 @@ def program(*, processes: bool) -> bytes | None:
     if known is None:
         return None
     arch, numbers = known
-    refused = {"io_uring_setup", "io_uring_enter", "io_uring_register", *_SYSV_IPC}
+    refused = {"io_uring_setup", "io_uring_enter", "io_uring_register", *_SYSV_IPC, *_KEYRINGS}
     again: set[str] = set()
     if not processes:
         refused.add("clone3")

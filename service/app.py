@@ -76,6 +76,9 @@ class SafeJSONResponse(JSONResponse):
         return json_bytes(content)
 
 
+_ECHO = 1000  # the largest input a 422 shows back
+
+
 def _not_json(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -92,10 +95,11 @@ def strict_json(body: bytes) -> Any:
     number that overflows a double; either is a 422 with the reason, not a 500 later on."""
     try:
         return json.loads(body, parse_constant=_not_json, parse_float=_finite_number)
-    except ValueError as exc:
-        if isinstance(exc, json.JSONDecodeError):
-            raise
-        raise json.JSONDecodeError(str(exc), body.decode(errors="replace"), 0) from None
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, a 5,000-digit integer
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise json.JSONDecodeError(reason, "", 0) from None
 
 
 class _StrictJSONRequest(Request):
@@ -283,7 +287,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.exception_handler(RequestValidationError)
     async def invalid_envelope(request: Request, exc: RequestValidationError) -> Response:
-        return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        # FastAPI's own answer, less the echo of large inputs (a 60 MB completion of the wrong
+        # type came back whole).
+        errors = [
+            {k: v for k, v in e.items() if k != "input" or len(repr(v)) <= _ECHO}
+            for e in exc.errors()
+        ]
+        return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     def admit(body: ScoreRequest, endpoint: str) -> None:
         n = len(body.items)

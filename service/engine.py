@@ -140,8 +140,8 @@ class Engine:
                 verifier=verifier,
                 early=Verdict.unjudged(
                     Status.INVALID_SPEC,
-                    f"invalid spec: {where}: a lone surrogate (U+D800 to U+DFFF), which no "
-                    "UTF-8 text can hold",
+                    f"invalid spec: {where or 'spec'}: a lone surrogate (U+D800 to U+DFFF), "
+                    "which no UTF-8 text can hold",
                 ),
             )
         try:
@@ -243,16 +243,27 @@ class Engine:
                 )
             elapsed = time.monotonic() - t0
             label = item.verifier if item.verifier in self.verifiers else "unknown"
-            self.observer.item_done(label, verdict.status.value, elapsed, cached)
-            result = ScoreResult(
-                id=_echo(item.id),
-                reward=verdict.reward,
-                status=verdict.status.value,
-                feedback=clip(escape_controls(verdict.feedback)),
-                details=verdict.details,
-                elapsed_ms=round(elapsed * 1000, 1),
-                cached=cached,
-            )
+            try:
+                self.observer.item_done(label, verdict.status.value, elapsed, cached)
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=verdict.reward,
+                    status=verdict.status.value,
+                    feedback=clip(escape_controls(verdict.feedback)),
+                    details=verdict.details,
+                    elapsed_ms=round(elapsed * 1000, 1),
+                    cached=cached,
+                )
+            except Exception as exc:  # every item gets a result, or the batch would wait forever
+                log.exception("internal error while making an item's result")
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=None,
+                    status=Status.INTERNAL_ERROR.value,
+                    feedback=clip(f"internal error: {type(exc).__name__}"),
+                    details={"retryable": False},
+                    elapsed_ms=round(elapsed * 1000, 1),
+                )
             await queue.put((index, result))
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
@@ -316,14 +327,21 @@ def _echo(ident: str | int | None) -> str | int | None:
 
 
 def _rough_size(value: Any) -> int:
-    """About how many characters a JSON value's strings hold, without serialising it."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(str(k)) + _rough_size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_rough_size(v) for v in value)
-    return 8
+    """About how many characters a JSON value's strings hold, without serialising it. A loop,
+    not recursion: a client's spec may nest as deep as the JSON parser allows."""
+    size, stack = 0, [value]
+    while stack:
+        top = stack.pop()
+        if isinstance(top, str):
+            size += len(top)
+        elif isinstance(top, dict):
+            size += sum(len(str(k)) for k in top)
+            stack.extend(top.values())
+        elif isinstance(top, list):
+            stack.extend(top)
+        else:
+            size += 8
+    return size
 
 
 def _verdict_size(verdict: Verdict) -> int:
@@ -333,22 +351,20 @@ def _verdict_size(verdict: Verdict) -> int:
     return 2 * (len(verdict.feedback) + len(details)) + 512
 
 
-def _lone_surrogate(value: Any, where: str = "spec") -> str | None:
-    """Where in a JSON value a string holds a lone surrogate, if anywhere."""
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return where
-        return None
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            found = _lone_surrogate(key, where) or _lone_surrogate(inner, f"{where}.{key}")
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for number, inner in enumerate(value):
-            found = _lone_surrogate(inner, f"{where}.{number}")
-            if found is not None:
-                return found
+def _lone_surrogate(value: Any) -> str | None:
+    """Where in a JSON value a string holds a lone surrogate (a path like `spec.tests.0.stdin`),
+    if anywhere. A loop, not recursion, as `_rough_size`."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, top = stack.pop()
+        if isinstance(top, str):
+            try:
+                top.encode()
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(top, dict):
+            stack.extend((f"{where}.{k}".lstrip("."), v) for k, v in top.items())
+            stack.extend((where, k) for k in top)
+        elif isinstance(top, list):
+            stack.extend((f"{where}.{n}".lstrip("."), v) for n, v in enumerate(top))
     return None

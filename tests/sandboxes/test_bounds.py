@@ -209,3 +209,16 @@ async def test_the_hosts_shortage_is_not_cached(short_host: LocalSandbox) -> Non
     assert (first.status, again.status) == ("memory_limit", "memory_limit"), first
     assert not again.cached
     assert len(engine.cache) == 0
+
+
+@needs_bwrap
+async def test_the_kernels_keyrings_are_out_of_reach(sandbox: LocalSandbox) -> None:
+    """Keyrings are not namespaced: a job would inherit the service's session keyring."""
+    code = (
+        "import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "KEYCTL_GET_KEYRING_ID, SESSION = 0, -3\n"
+        "nr = {'x86_64': 250, 'aarch64': 219}[__import__('platform').machine()]\n"
+        "found = libc.syscall(nr, KEYCTL_GET_KEYRING_ID, SESSION, 0)\n"
+        "print('refused' if found < 0 and ctypes.get_errno() == errno.ENOSYS else 'reached')\n"
+    )
+    assert await _run(sandbox, code) == b"refused\n"
