@@ -68,6 +68,7 @@ ETC_ALLOWED = (
     "localtime",
     "magic*",
     "mime.types",
+    "mono",
     "nsswitch.conf",
     "os-release",
     "passwd",

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from assay.verifiers.base import Status, Verdict, Verifier
 from assay.verifiers.code import CodeVerifier
+from assay.verifiers.dafny import DafnyVerifier
 from assay.verifiers.extract import ExtractError, extract
 
-VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier,)}
+VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier, DafnyVerifier)}
 """Every verifier this version knows, by name."""
 
-__all__ = ["VERIFIERS", "CodeVerifier", "ExtractError", "Status", "Verdict", "Verifier", "extract"]
+__all__ = [
+    "VERIFIERS",
+    "CodeVerifier",
+    "DafnyVerifier",
+    "ExtractError",
+    "Status",
+    "Verdict",
+    "Verifier",
+    "extract",
+]
