@@ -21,6 +21,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.verifiers import VERIFIERS, DafnyVerifier
 
 log = logging.getLogger("assay.service")
 
@@ -91,8 +92,18 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+    verifiers = {name: verifier() for name, verifier in VERIFIERS.items()}
+    verifiers["dafny"] = DafnyVerifier(
+        settings.dafny_home,
+        runtime=settings.dafny_runtime,
+        servers=settings.dafny_servers,
+        server_uses=settings.dafny_server_uses,
+        memory_mb=settings.dafny_memory_mb,
+        use_server=settings.dafny_server,
+    )
     return Engine(
         sandbox,
+        verifiers=verifiers,
         concurrency=settings.concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,

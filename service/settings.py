@@ -55,3 +55,25 @@ class Settings(BaseSettings):
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
+    dafny_home: str = Field(
+        default="/usr/lib/dafny",
+        description="The Dafny installation: 2.x (DafnyServer.exe, run by `dafny_runtime`) or "
+        "4.x (its `dafny` program); its version is read from DafnyPipeline.dll.",
+    )
+    dafny_runtime: str = Field(default="/usr/bin/cli", description="Mono, for Dafny 2.x.")
+    dafny_servers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        description="Warm Dafny 2.x servers (each verifies one program at a time).",
+    )
+    dafny_server_uses: int = Field(
+        default=200,
+        ge=1,
+        description="Programs a Dafny server verifies before it is replaced (its memory grows).",
+    )
+    dafny_server: bool = Field(
+        default=True, description="Keep Dafny 2.x warm in servers; false: one process a program."
+    )
+    dafny_memory_mb: int = Field(
+        default=2048, ge=256, description="Memory of a Dafny server or run, z3 included."
+    )

@@ -166,13 +166,17 @@ _NOT_OPERANDS = frozenset(
 )
 
 
-def ends_expression(tok: Token | None) -> bool:
+def ends_expression(tok: Token | None, before: Token | None = None) -> bool:
+    """Whether an expression can end with `tok` (`before` is the token before it: a `|` after
+    an operand closes a cardinality `|s|`; after an operator it opens one)."""
     if tok is None:
         return False
     if tok.kind in ("num", "str", "char"):
         return True
     if tok.kind == "id":
         return tok.text not in _NOT_OPERANDS
+    if tok.text == "|":
+        return before is not None and before.text != "|" and ends_expression(before)
     return tok.text in (")", "]", "}")
 
 
@@ -331,11 +335,11 @@ class _Parser:
         j = i + 1
         # The signature: up to the first clause keyword or the body.
         while j < end:
-            t = self.toks[j].text
-            if t in ("(", "[", "{:", "#["):
+            word = self.toks[j].text
+            if word in ("(", "[", "{:", "#["):
                 j = _matching(self.toks, j) + 1
                 continue
-            if t in CLAUSES or t == _YIELD or t == "{" or t == "}" or t in DECL_START:
+            if word in CLAUSES or word in (_YIELD, "{", "}") or word in DECL_START:
                 break
             j += 1
         decl.header = strip_attributes(self.toks[start:j])
@@ -350,7 +354,7 @@ class _Parser:
                         k = _matching(self.toks, k) + 1
                         continue
                     if u.text == "{":
-                        if ends_expression(self.toks[k - 1]) or (
+                        if ends_expression(self.toks[k - 1], self.toks[k - 2]) or (
                             self.toks[k - 1].text == "*" and self.toks[k - 2].text in CLAUSES
                         ):
                             break
