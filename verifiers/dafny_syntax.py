@@ -422,7 +422,6 @@ SOUND_ATTRIBUTES = frozenset(
         "isolate_assertions",
         "isolate",
         "focus",
-        "nowarn",
         "warnShadowing",
         "compile",
         "main",
@@ -501,6 +500,11 @@ def findings(source: str, decls: list[Decl] | None = None) -> list[Finding]:
             out.append(Finding("decreases *", t.line, t.col, "decreases *"))
         elif t.text == "include":
             out.append(Finding("include", t.line, t.col, text(tokens[i : i + 2])))
+        elif t.text in ("while", "forall") and _bodiless_statement(tokens, i):
+            # A loop with no body havocs its variables and assumes its invariant; a `forall`
+            # statement with none assumes its ensures clause.
+            what = f"{t.text} statement with no body"
+            out.append(Finding("bodiless", t.line, t.col, what))
     for name, args, opener in attributes(tokens):
         shown = "{:" + " ".join([name, *(a.text for a in args)]) + "}"
         if name == "verify":
@@ -543,6 +547,33 @@ def _enclosing_kinds(decls: list[Decl], target: Decl) -> list[str]:
         return None
 
     return search(decls, []) or []
+
+
+def _bodiless_statement(tokens: list[Token], i: int) -> bool:
+    """Whether the `while` loop or `forall` statement at `i` has no body. (A `forall` that is
+    not at the start of a statement is an expression: not judged here.)"""
+    prev = tokens[i - 1].text if i else ""
+    if tokens[i].text == "forall" and prev not in ("{", "}", ";", ":"):
+        return False
+    j = i + 1
+    alternatives = j < len(tokens) and tokens[j].text in ("{", "invariant", "decreases", "modifies")
+    if alternatives and tokens[i].text == "while":  # `while { case … }`: guarded alternatives
+        return False
+    while j < len(tokens):
+        t = tokens[j].text
+        if t in ("(", "[", "{:", "#["):
+            j = _matching(tokens, j) + 1
+            continue
+        if t == "{":
+            before = tokens[j - 1]
+            if ends_expression(before, tokens[j - 2]) or before.text == "*":
+                return False
+            j = _matching(tokens, j) + 1  # a set display
+            continue
+        if t in (";", "}"):
+            return True
+        j += 1
+    return True
 
 
 def _statement_end(tokens: list[Token], i: int) -> int:

@@ -492,9 +492,7 @@ async def test_a_proof_that_runs_out_of_time(sandbox: LocalSandbox) -> None:
     try:
         status, _, feedback, _ = await judge(verifier, sandbox, ABS)
         assert status is Status.PASSED, feedback
-        status, reward, feedback, _ = await judge(
-            verifier, sandbox, SLOW.format(i=7), timeout_s=5
-        )
+        status, reward, feedback, _ = await judge(verifier, sandbox, SLOW.format(i=7), timeout_s=5)
         assert (status, reward) == (Status.TIMEOUT, 0.0), feedback
         assert verifier._pool is not None
         discarded = verifier._pool.stats.discarded
@@ -536,3 +534,27 @@ async def test_many_programs_at_once_through_a_small_pool(
     statuses = [r[0] for r in results]
     expected = [Status.PASSED, Status.PASSED, Status.PASSED, Status.FAILED] * 2
     assert statuses == expected
+
+
+async def test_the_service_scores_dafny_and_reports_its_version() -> None:
+    from assay.clients.schema import ScoreItem
+    from assay.service.app import build_engine
+    from assay.service.settings import Settings
+
+    engine = build_engine(Settings(dafny_servers=1))
+    try:
+        items = [
+            ScoreItem(verifier="dafny", completion=f"```dafny\n{ABS}```"),
+            ScoreItem(verifier="dafny", completion=f"```dafny\n{ABS}```"),  # a copy: run once
+            ScoreItem(verifier="dafny", completion="lemma L() ensures false"),
+            ScoreItem(verifier="dafny", completion=ABS, spec={"forbid": ["sorry"]}),
+        ]
+        results = await engine.score(items)
+        assert [r.status for r in results] == ["passed", "passed", "forbidden", "invalid_spec"]
+        described = await engine.describe()
+        (dafny,) = [v for v in described.verifiers if v.name == "dafny"]
+        assert dafny.available
+        assert dafny.facts["version"].startswith("2.3.")
+        assert dafny.facts["pool"]["leases"] == 1
+    finally:
+        await engine.close()

@@ -51,3 +51,150 @@ def test_forbid_names_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown construct"):
         DafnySpec(forbid=["assume", "sorry"])
     assert DafnySpec(forbid=["{:fuel}", "{:*}", "decreases *"]).forbid[0] == "{:fuel}"
+
+
+def test_tokens_leave_out_comments_and_keep_strings_whole() -> None:
+    source = (
+        "/* a /* nested */ comment */ var x' := 'a'; // assume\n"
+        'var s := "say \\"assume\\""; var v := @"verbatim ""{:axiom}""";\n'
+        "var c := '\\''; var r := 0..n;"
+    )
+    tokens = syntax.tokenize(source)
+    texts = [t.text for t in tokens]
+    assert "assume" not in texts
+    assert "x'" in texts  # an identifier with a prime
+    assert "'a'" in texts and "'\\''" in texts  # noqa: PT018 - two characters
+    assert '"say \\"assume\\""' in texts
+    assert '@"verbatim ""{:axiom}"""' in texts
+    assert texts[-4:] == ["0", "..", "n", ";"]
+    assert tokens[0].line == 1
+    assert next(t for t in tokens if t.text == "var" and t.line == 2).col == 1
+    with pytest.raises(syntax.DafnySyntaxError):
+        syntax.tokenize("method M() { /* never closed }")
+
+
+PROGRAM = """
+module Shapes {
+  class Counter {
+    var count: nat
+    constructor ()
+      ensures count == 0
+    {
+      count := 0;
+    }
+    method Inc()
+      modifies this
+      ensures count == old(count) + 1
+    {
+      count := count + 1;
+    }
+    function Get(): nat
+      reads this
+    {
+      count
+    }
+  }
+  method Empty() returns (s: set<int>)
+    ensures s == {}
+  {
+    s := {};
+  }
+  method Card(s: seq<int>) returns (n: nat)
+    requires |s| > 0
+    ensures n == |s|
+  {
+    n := |s|;
+  }
+}
+"""
+
+
+def test_declarations_with_their_clauses_and_bodies() -> None:
+    decls = {d.key: d for d in syntax.walk(syntax.parse(PROGRAM))}
+    inc = decls[("Shapes", "Counter", "method", "Inc")]
+    assert [(kw, syntax.text(toks)) for kw, toks in inc.clauses] == [
+        ("modifies", "this"),
+        ("ensures", "count == old ( count ) + 1"),
+    ]
+    assert inc.body is not None
+    assert decls[("Shapes", "Counter", "function", "Get")].clause_texts("reads") == ["this"]
+    # A set display in an ensures clause is not the body; `|s|` before the body is an operand.
+    assert decls[("Shapes", "method", "Empty")].clause_texts("ensures") == ["s == { }"]
+    card = decls[("Shapes", "method", "Card")]
+    assert card.clause_texts("requires") == ["| s | > 0"]
+    assert syntax.text(card.body or []) == "{ n := | s | ; }"
+    assert ("Shapes", "Counter", "var", "count") in decls
+    assert ("Shapes", "Counter", "constructor", "constructor") in decls
+
+
+def test_spec_changes_inside_classes_and_modules() -> None:
+    reference = syntax.parse(PROGRAM)
+    same = syntax.parse(PROGRAM.replace("count := count + 1;", "count := 1 + count;"))
+    assert syntax.spec_changes(reference, same) == []
+    weaker = syntax.parse(
+        PROGRAM.replace("modifies this\n", "modifies this\n requires count > 5\n")
+    )
+    (change,) = syntax.spec_changes(reference, weaker)
+    assert "Shapes.Counter.Inc" in change
+    assert "requires count > 5" in change
+    field = syntax.parse(PROGRAM.replace("var count: nat", "var count: int"))
+    assert any("var Shapes.Counter.count" in c for c in syntax.spec_changes(reference, field))
+
+
+BODILESS = [
+    pytest.param("method M() { var r := 0; while r < 10 invariant r == 42 r := 7; }", 1, id="loop"),
+    pytest.param("method M() { var r := 0; while r < 10 invariant r == 42 }", 1, id="loop-last"),
+    pytest.param(
+        "lemma L(x: int) ensures x > 1 { forall y | y == x ensures y > 1; }", 1, id="forall"
+    ),
+    pytest.param(
+        "method M(s: seq<int>) { var i := 0; while i < |s| invariant i <= |s| { i := i + 1; } }",
+        0,
+        id="loop-with-body",
+    ),
+    pytest.param(
+        "method M(x: int) { var i := 0; while x in {1, 2} && i < 3 { i := i + 1; } }",
+        0,
+        id="set-in-guard",
+    ),
+    pytest.param("method M() { while * { break; } }", 0, id="while-star"),
+    pytest.param(
+        "method M(y0: int) { var y := y0; while decreases if y < 0 then -y else y "
+        "{ case y < 0 => y := y + 1; case y > 0 => y := y - 1; } }",
+        0,
+        id="guarded-alternatives",
+    ),
+    pytest.param(
+        "method M(a: array<int>) modifies a { forall i | 0 <= i < a.Length { a[i] := 0; } }",
+        0,
+        id="forall-with-body",
+    ),
+    pytest.param("lemma L() ensures forall x: int :: x == x { }", 0, id="forall-expression"),
+]
+
+
+@pytest.mark.parametrize(("source", "count"), BODILESS)
+def test_statements_without_bodies(source: str, count: int) -> None:
+    found = [f for f in syntax.findings(source) if f.construct == "bodiless"]
+    assert len(found) == count
+
+
+TRIVIAL = [
+    ("true", True),
+    ("(true)", True),
+    ("r == r", True),
+    ("a[i] <= a[i]", True),
+    ("x > 0 ==> true", True),
+    ("false ==> r == 3", True),
+    ("r > 0 || true", True),
+    ("true && r == r", True),
+    ("r == x", False),
+    ("r >= 0 && true", False),
+    ("forall i :: 0 <= i < |a| ==> a[i] == a[i]", False),
+    ("r == x ==> r == x", True),
+]
+
+
+@pytest.mark.parametrize(("clause", "expected"), TRIVIAL)
+def test_trivial_ensures(clause: str, expected: bool) -> None:
+    assert syntax.trivial(syntax.tokenize(clause)) is expected
