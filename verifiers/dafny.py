@@ -256,6 +256,7 @@ class DafnyVerifier:
     def facts(self, sandbox: Sandbox) -> dict[str, Any]:
         facts: dict[str, Any] = {
             "version": self.version,
+            **({} if self.version else {"reason": f"no Dafny found in {self.home}"}),
             "home": self.home,
             "mode": "server pool" if self.use_server else "one process per program",
         }
@@ -377,17 +378,22 @@ class DafnyVerifier:
 
     async def _run_cli(self, source: str, spec: DafnySpec, sandbox: Sandbox) -> Outcome:
         if self.generation is not None and self.generation >= 4:
+            # Only options every 4.x has; the output is read, not the exit status (but for
+            # a crash), so warnings need no `--allow-warnings`.
             argv: tuple[str, ...] = (
                 os.path.join(self.home, "dafny"),
                 "verify",
-                "--cores:1",
-                f"--verification-time-limit:{max(1, math.ceil(spec.timeout_s))}",
-                "--allow-warnings",
-                "--show-snippets:false",
+                "--cores",
+                "1",
+                "--verification-time-limit",
+                str(max(1, math.ceil(spec.timeout_s) - 1)),
                 FILE,
             )
         else:
-            argv = (self.runtime, os.path.join(self.home, "Dafny.exe"), *self._args(spec), FILE)
+            # A fresh process has no cache; and with /verifySnapshots the 2.3 command line
+            # prints no verdict at all.
+            args = [a for a in self._args(spec) if not a.startswith("/verifySnapshots")]
+            argv = (self.runtime, os.path.join(self.home, "Dafny.exe"), *args, FILE)
         limits = Limits(wall_s=spec.timeout_s + 5, memory_mb=self.memory_mb, processes=64)
         run = await sandbox.run(Job(argv=argv, files={FILE: source}, limits=limits))
         if run.timed_out:
@@ -395,8 +401,8 @@ class DafnyVerifier:
         if run.oom_killed:
             return Outcome(Status.MEMORY_LIMIT)
         outcome = parse_output(run.stdout.decode(errors="replace"))
-        if run.exit_code not in (0, 2, 4) and outcome.status is Status.PASSED:
-            # Exit 1 (2.x) or 3 (4.x): Dafny itself failed; never a pass.
+        if run.exit_code not in (0, 2, 3, 4) and outcome.status is Status.PASSED:
+            # 1: Dafny itself failed (2.x: a crash; 4.x: its command line); never a pass.
             outcome.status = Status.COMPILE_ERROR
             outcome.errors.append(
                 {"line": 0, "col": 0, "message": f"Dafny crashed (exit status {run.exit_code})"}

@@ -558,3 +558,17 @@ async def test_the_service_scores_dafny_and_reports_its_version() -> None:
         assert dafny.facts["pool"]["leases"] == 1
     finally:
         await engine.close()
+
+
+async def test_one_dafny_process_per_program_gives_the_same_verdicts(sandbox: LocalSandbox) -> None:
+    verifier = DafnyVerifier(use_server=False)
+    assert verifier.facts(sandbox)["mode"] == "one process per program"
+    cases = [
+        (ABS, Status.PASSED),
+        (GCD.replace("    decreases a + b\n", ""), Status.FAILED),
+        (ABS.replace("y := -x;", "y := -z;"), Status.COMPILE_ERROR),
+        (DAFNY4, Status.PASSED),
+    ]
+    for program, expected in cases:
+        status, _, feedback, _ = await judge(verifier, sandbox, program)
+        assert status is expected, feedback
