@@ -437,6 +437,8 @@ SOUND_ATTRIBUTES = frozenset(
         "autotriggers",
         "nativeType",
         "termination",
+        "subsumption",
+        "test",
         "heapQuantifier",
         "witness",
         "layerQuantifier",
@@ -490,7 +492,7 @@ def findings(source: str, decls: list[Decl] | None = None) -> list[Finding]:
         if t.text == "assume":
             end = _statement_end(tokens, i)
             out.append(Finding("assume", t.line, t.col, text(tokens[i:end])))
-        elif t.text == "expect" and (prev is None or prev.text in ("{", "}", ";", ":")):
+        elif t.text == "expect" and (prev is None or prev.text in ("{", "}", ";", ":", ":-")):
             # Dafny 3+: checked at run time, *assumed* by the verifier. A statement only:
             # elsewhere `expect` is a 2.x program's identifier.
             end = _statement_end(tokens, i)
@@ -507,17 +509,21 @@ def findings(source: str, decls: list[Decl] | None = None) -> list[Finding]:
             out.append(Finding("bodiless", t.line, t.col, what))
     for name, args, opener in attributes(tokens):
         shown = "{:" + " ".join([name, *(a.text for a in args)]) + "}"
-        if name == "verify":
-            construct = "{:verify false}"
-        elif name in SOUND_ATTRIBUTES and (
-            name not in _ARGUMENT_CHECKED or text(args) in _ARGUMENT_CHECKED[name]
-        ):
-            continue
-        elif name in ("axiom", "extern", "options", "only", "autoReq", "imported"):
-            construct = "{:" + name + "}"
-        else:
-            construct = "{:*}"
-        out.append(Finding(construct, opener.line, opener.col, shown))
+        construct = _attribute_construct(name, text(args))
+        if construct is not None:
+            out.append(Finding(construct, opener.line, opener.col, shown))
+    for i, t in enumerate(tokens[:-1]):
+        # Dafny 4.9's other spelling: `@Axiom`, `@Verify(false)`, `@IsolateAssertions`.
+        if t.text == "@" and tokens[i + 1].kind == "id" and tokens[i + 1].start == t.end:
+            name = tokens[i + 1].text
+            args = []
+            if i + 2 < len(tokens) and tokens[i + 2].text == "(":
+                args = tokens[i + 3 : _matching(tokens, i + 2)]
+            lower = name[:1].lower() + name[1:]
+            construct = _attribute_construct(_AT_NAMES.get(name, lower), text(args))
+            if construct is not None:
+                shown = f"@{name}" + (f"({text(args)})" if args else "")
+                out.append(Finding(construct, t.line, t.col, shown))
     for decl in walk(decls):
         if not decl.callable or decl.body is not None:
             continue
@@ -534,6 +540,22 @@ def findings(source: str, decls: list[Decl] | None = None) -> list[Finding]:
             )
         )
     return out
+
+
+_AT_NAMES = {"IsolateAssertions": "isolate_assertions", "ResourceLimit": "resource_limit"}
+
+
+def _attribute_construct(name: str, args: str) -> str | None:
+    """The `forbid` name an attribute falls under, or `None` for a sound one."""
+    if name == "verify":
+        return "{:verify false}"
+    if name in SOUND_ATTRIBUTES and (
+        name not in _ARGUMENT_CHECKED or args in _ARGUMENT_CHECKED[name]
+    ):
+        return None
+    if name in ("axiom", "extern", "options", "only", "autoReq", "imported"):
+        return "{:" + name + "}"
+    return "{:*}"
 
 
 def _enclosing_kinds(decls: list[Decl], target: Decl) -> list[str]:

@@ -198,3 +198,29 @@ TRIVIAL = [
 @pytest.mark.parametrize(("clause", "expected"), TRIVIAL)
 def test_trivial_ensures(clause: str, expected: bool) -> None:
     assert syntax.trivial(syntax.tokenize(clause)) is expected
+
+
+FOUND = [
+    ("@Axiom lemma L() ensures false", "{:axiom}"),
+    ("@Verify(false) method M() ensures false { }", "{:verify false}"),
+    ("method M() { var x :- expect F(); }", "expect"),
+    ("method M() { ghost var {:assumption} b: bool; }", "{:*}"),
+    ("method {:synthesize} M() returns (o: object) ensures fresh(o)", "{:*}"),
+    ("lemma {:ignore} L() ensures false { }", "{:*}"),
+    ("method M() { assert {:only} true; }", "{:only}"),
+    ('method {:error "[SUCCESS]"} M() { }', "{:*}"),
+]
+
+
+@pytest.mark.parametrize(("source", "construct"), FOUND)
+def test_catalogue_entries_found_on_tokens(source: str, construct: str) -> None:
+    assert construct in [f.construct for f in syntax.findings(source)]
+
+
+def test_sound_attributes_are_not_findings() -> None:
+    source = (
+        "@IsolateAssertions method {:timeLimit 10} {:fuel F, 2} M() { assert {:subsumption 0} "
+        "{:focus} true; assert {:split_here} true; }\n"
+        'method N() { var s := @"verbatim"; }'
+    )
+    assert syntax.findings(source) == []
