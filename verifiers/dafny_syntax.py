@@ -194,6 +194,7 @@ class Decl:
     header: list[Token] = field(default_factory=list)  # the signature, attributes left out
     clauses: list[tuple[str, list[Token]]] = field(default_factory=list)
     body: list[Token] | None = None
+    by_method: list[Token] | None = None
     members: list[Decl] = field(default_factory=list)
 
     @property
@@ -348,8 +349,15 @@ class _Parser:
             if t.text == _YIELD or t.text in CLAUSES:
                 k = j + 1 if t.text in CLAUSES else j + 2
                 keyword = t.text if t.text in CLAUSES else f"yield {self.toks[j + 1].text}"
+                pending = 0  # `var x := e;` and `assert e;` inside the expression: their `;`
                 while k < end:
                     u = self.toks[k]
+                    if u.text in ("var", "assert", "assume", "reveal"):
+                        pending += 1
+                    elif u.text == ";" and pending:
+                        pending -= 1
+                        k += 1
+                        continue
                     if u.text in ("(", "[", "{:", "#["):
                         k = _matching(self.toks, k) + 1
                         continue
@@ -360,7 +368,7 @@ class _Parser:
                             break
                         k = _matching(self.toks, k) + 1
                         continue
-                    if u.text in CLAUSES or u.text == _YIELD or u.text == "}":
+                    if u.text in CLAUSES or u.text in (_YIELD, "}", ";"):
                         break
                     if u.text in DECL_START and (
                         u.text not in ("var", "const") or ends_expression(self.toks[k - 1])
@@ -368,16 +376,17 @@ class _Parser:
                         break
                     k += 1
                 decl.clauses.append((keyword, strip_attributes(self.toks[j + 1 : k])))
-                j = k
+                j = k + 1 if k < end and self.toks[k].text == ";" else k
                 continue
             if t.text == "{":
                 close = _matching(self.toks, j)
                 decl.body = self.toks[j : close + 1]
                 j = close + 1
-                # Dafny 4: `function F(): T { e } by method { s }`
+                # Dafny 4: `function F(): T { e } by method { s }`: the method is an
+                # implementation, free as a method's body is.
                 if j + 2 < end and self.toks[j].text == "by" and self.toks[j + 1].text == "method":
                     close = _matching(self.toks, j + 2)
-                    decl.body = decl.body + self.toks[j : close + 1]
+                    decl.by_method = self.toks[j + 2 : close + 1]
                     j = close + 1
             break
         decl.tokens = self.toks[start:j]
@@ -422,6 +431,7 @@ SOUND_ATTRIBUTES = frozenset(
         "isolate_assertions",
         "isolate",
         "focus",
+        "nowarn",
         "warnShadowing",
         "compile",
         "main",
@@ -514,7 +524,10 @@ def findings(source: str, decls: list[Decl] | None = None) -> list[Finding]:
             out.append(Finding(construct, opener.line, opener.col, shown))
     for i, t in enumerate(tokens[:-1]):
         # Dafny 4.9's other spelling: `@Axiom`, `@Verify(false)`, `@IsolateAssertions`.
+        label_use = i > 0 and tokens[i - 1].end == t.start and tokens[i - 1].kind == "id"
         if t.text == "@" and tokens[i + 1].kind == "id" and tokens[i + 1].start == t.end:
+            if label_use:  # `old@L(e)`: a heap label, not an attribute
+                continue
             name = tokens[i + 1].text
             args = []
             if i + 2 < len(tokens) and tokens[i + 2].text == "(":
@@ -592,8 +605,14 @@ def _bodiless_statement(tokens: list[Token], i: int) -> bool:
                 return False
             j = _matching(tokens, j) + 1  # a set display
             continue
-        if t in (";", "}"):
+        if t == "}":
             return True
+        if t == ";":  # Dafny 2 allows `invariant P;`: the loop goes on if a clause follows
+            following = tokens[j + 1].text if j + 1 < len(tokens) else ""
+            if following == "{":
+                return False
+            if following not in ("invariant", "decreases", "modifies", "ensures", "free"):
+                return True
         j += 1
     return True
 
@@ -675,13 +694,65 @@ def spec_changes(reference: list[Decl], completion: list[Decl]) -> list[str]:
             for clause in added:
                 problems.append(f"{ref.kind} {where}: `{keyword} {clause}` added")
         if ref.kind in FUNCTIONS and ref.body is not None:
-            body = text(strip_attributes(got.body)) if got.body is not None else None
-            if body != text(strip_attributes(ref.body)):
+            body = text(without_hints(got.body)) if got.body is not None else None
+            if body != text(without_hints(ref.body)):
                 problems.append(
                     f"{ref.kind} {where}: body changed (a function's body is part of "
                     "the specification)"
                 )
     return problems
+
+
+_STATEMENT_START = frozenset({"{", ";", "then", "else", "=>", "}"})
+
+
+def without_hints(tokens: list[Token]) -> list[Token]:
+    """A function body without its proof hints (what DafnyBench removes and a model adds
+    back): `assert e;`, `assert e by {…}`, `calc {…}`, `reveal f();` and lemma calls `L(x);`
+    before the expression; and without attributes."""
+    tokens = strip_attributes(tokens)
+    out: list[Token] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        at_start = not out or out[-1].text in _STATEMENT_START
+        end = None
+        if t.text in ("assert", "reveal"):
+            end = _hint_end(tokens, i)
+        elif t.text == "calc" and i + 1 < len(tokens):
+            end = _matching(tokens, i + 1) + 1
+            if end < len(tokens) and tokens[end].text == ";":
+                end += 1
+        elif t.kind == "id" and at_start:
+            j = i + 1
+            while j + 1 < len(tokens) and tokens[j].text == "." and tokens[j + 1].kind == "id":
+                j += 2
+            if j < len(tokens) and tokens[j].text == "(":
+                close = _matching(tokens, j)
+                if close + 1 < len(tokens) and tokens[close + 1].text == ";":
+                    end = close + 2
+        if end is not None:
+            i = end
+            continue
+        out.append(t)
+        i += 1
+    return out
+
+
+def _hint_end(tokens: list[Token], i: int) -> int:
+    """The end of `assert e;`, `assert e by {…}` or `reveal f();` starting at `i`."""
+    j = i + 1
+    while j < len(tokens):
+        t = tokens[j].text
+        if t == "by" and j + 1 < len(tokens) and tokens[j + 1].text == "{":
+            return _matching(tokens, j + 1) + 1
+        if t in ("(", "[", "{", "#["):
+            j = _matching(tokens, j) + 1
+            continue
+        if t == ";":
+            return j + 1
+        j += 1
+    return j
 
 
 # -- a specification that proves nothing --------------------------------------------------------
