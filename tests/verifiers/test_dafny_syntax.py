@@ -224,3 +224,50 @@ def test_sound_attributes_are_not_findings() -> None:
         'method N() { var s := @"verbatim"; }'
     )
     assert syntax.findings(source) == []
+
+
+# Forms met in DafnyBench's ground truths (bench/dafnybench.py).
+_FUNCTION = """
+function Sum(s: seq<int>): int
+  decreases |s|
+{
+  if |s| == 0 then 0 else s[0] + Sum(s[1..])
+}
+"""
+UNCHANGED = [
+    pytest.param(
+        _FUNCTION,
+        _FUNCTION.replace("if |s| == 0", "assert |s| >= 0; SumLemma(s); if |s| == 0"),
+        id="hints-in-a-function-body",
+    ),
+    pytest.param(
+        _FUNCTION,
+        _FUNCTION.replace("then 0 else", "then 0 else calc { 1; == 1; } assert true by { } "),
+        id="calc-and-assert-by-in-a-function-body",
+    ),
+    pytest.param(
+        "method M(a: array<int>) returns (r: int) ensures r >= 0; { r := 0; }",
+        "method M(a: array<int>) returns (r: int) ensures r >= 0; { r := 1; }",
+        id="dafny2-semicolon-after-a-clause",
+    ),
+    pytest.param(
+        "lemma L(b: nat) ensures var s := set n: nat | n < b :: n; |s| == b { }",
+        "lemma L(b: nat) ensures var s := set n: nat | n < b :: n; |s| == b { L2(b); }",
+        id="let-in-a-clause",
+    ),
+    pytest.param(
+        "function F(n: nat): nat { n } by method { return n; }",
+        "function F(n: nat): nat { n } by method { var m := n; return m; }",
+        id="by-method-is-an-implementation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reference", "completion"), UNCHANGED)
+def test_what_is_not_the_specification(reference: str, completion: str) -> None:
+    assert syntax.spec_changes(syntax.parse(reference), syntax.parse(completion)) == []
+
+
+def test_a_heap_label_is_not_an_attribute() -> None:
+    source = "method M(a: array<int>) modifies a { label L: a[0] := 1; assert old@L(a[0]) == 0; }"
+    assert syntax.findings(source) == []
