@@ -55,6 +55,7 @@ FILE = "program.dfy"
 SERVER_EOM = b"[[DAFNY-SERVER: EOM]]\n"
 CLIENT_EOM = "[[DAFNY-CLIENT: EOM]]"
 _SHOWN_ERRORS = 5
+MAX_CHARS = 100_000  # DafnyBench's longest program has 29,000
 
 # `file(line,col): Error BP5003: message` (CLI and server alike, 2.x and 4).
 _DIAGNOSTIC = re.compile(
@@ -187,6 +188,42 @@ def _errors_feedback(errors: list[dict[str, Any]]) -> str:
     return "\n".join(shown)
 
 
+def _static_checks(payload: str, spec: DafnySpec) -> Verdict | str | None:
+    """What can be judged without Dafny: a verdict (`compile_error`, `forbidden`), or why the
+    specification proves nothing (a string), or `None`."""
+    try:
+        decls = syntax.parse(payload)
+    except syntax.DafnySyntaxError as exc:
+        return Verdict(Status.COMPILE_ERROR, 0.0, f"compile error\n{exc}")
+    found = [f for f in syntax.findings(payload, decls) if f.construct in spec.forbid]
+    reference: list[syntax.Decl] | None = None
+    if spec.reference is not None:
+        try:
+            reference = syntax.parse(spec.reference)
+            found = syntax.unmatched(found, syntax.findings(spec.reference, reference))
+        except syntax.DafnySyntaxError as exc:
+            return Verdict.unjudged(Status.INVALID_SPEC, f"the reference does not read: {exc}")
+    if found:
+        shown = [f"{f.construct} at {f.describe()}" for f in found[:_SHOWN_ERRORS]]
+        return Verdict(
+            Status.FORBIDDEN,
+            0.0,
+            clip("the program accepts a claim without a proof:\n" + "\n".join(shown)),
+            {"forbidden": [{"construct": f.construct, "line": f.line} for f in found]},
+        )
+    if reference is None:
+        return syntax.proves_nothing(decls)
+    changes = syntax.spec_changes(reference, decls)
+    if changes:
+        return Verdict(
+            Status.FORBIDDEN,
+            0.0,
+            clip("the specification was changed:\n" + "\n".join(changes[:8])),
+            {"spec_changes": changes},
+        )
+    return None
+
+
 class _Server:
     """One warm `DafnyServer.exe` in the sandbox, talked to in its own protocol (dafny-lang/
     dafny v2.3.0 `Source/DafnyServer/`): a verb line, the base64 of a JSON task, the client's
@@ -203,10 +240,6 @@ class _Server:
             await self.tool.stdin.drain()
             reply = await self.tool.stdout.readuntil(SERVER_EOM)
         return reply.decode(errors="replace")
-
-
-class DafnyCrashed(Exception):
-    """The server died or stopped answering in its protocol."""
 
 
 class DafnyVerifier:
@@ -272,47 +305,28 @@ class DafnyVerifier:
     # -- judging ------------------------------------------------------------------------------
 
     async def verify(self, payload: str, spec: DafnySpec, sandbox: Sandbox) -> Verdict:
+        if len(payload) > MAX_CHARS:
+            return Verdict(
+                Status.FORMAT_ERROR,
+                0.0,
+                f"the program is {len(payload)} characters long; at most {MAX_CHARS} are judged",
+            )
         if "[[DAFNY-" in payload:
             return Verdict(Status.FORMAT_ERROR, 0.0, "the program holds the Dafny server's marker")
-        try:
-            decls = syntax.parse(payload)
-        except syntax.DafnySyntaxError as exc:
-            return Verdict(Status.COMPILE_ERROR, 0.0, f"compile error\n{exc}")
-        found = [f for f in syntax.findings(payload, decls) if f.construct in spec.forbid]
-        reference_decls: list[syntax.Decl] | None = None
-        if spec.reference is not None:
-            try:
-                reference_decls = syntax.parse(spec.reference)
-                found = syntax.unmatched(found, syntax.findings(spec.reference, reference_decls))
-            except syntax.DafnySyntaxError as exc:
-                return Verdict.unjudged(Status.INVALID_SPEC, f"the reference does not read: {exc}")
-        if found:
-            shown = [f"{f.construct} at {f.describe()}" for f in found[:_SHOWN_ERRORS]]
-            return Verdict(
-                Status.FORBIDDEN,
-                0.0,
-                clip("the program accepts a claim without a proof:\n" + "\n".join(shown)),
-                {"forbidden": [{"construct": f.construct, "line": f.line} for f in found]},
-            )
-        if reference_decls is not None:
-            changes = syntax.spec_changes(reference_decls, decls)
-            if changes:
-                return Verdict(
-                    Status.FORBIDDEN,
-                    0.0,
-                    clip("the specification was changed:\n" + "\n".join(changes[:8])),
-                    {"spec_changes": changes},
-                )
+        # Tokens and declarations: linear, but milliseconds to seconds of CPU; off the loop.
+        checked = await asyncio.to_thread(_static_checks, payload, spec)
+        if isinstance(checked, Verdict):
+            return checked
         details: dict[str, Any] = {"dafny": self.version}
-        if reference_decls is None and (why := syntax.proves_nothing(decls)) is not None:
-            details["trivial_spec"] = why
+        if checked is not None:
+            details["trivial_spec"] = checked
         outcome = await self._run(payload, spec, sandbox)
         if (
             outcome.status is Status.COMPILE_ERROR
             and self.generation is not None
             and self.generation < 4
         ):
-            rewritten, rewrites = syntax.to_dafny2(payload)
+            rewritten, rewrites = await asyncio.to_thread(syntax.to_dafny2, payload)
             if rewrites:
                 details["rewrites"] = rewrites
                 details["before_rewrites"] = _errors_feedback(outcome.errors[:1])

@@ -13,10 +13,11 @@ passed on its word.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class DafnySyntaxError(ValueError):
@@ -31,6 +32,7 @@ class Token:
     col: int
     start: int
     end: int
+    close: int = -1  # an opening bracket's: where its closing bracket starts
 
 
 _OPS_TEXT = """<==> ==> <== ==# !=# :| :: := :- .. == != <= >= && || !! -> ~> --> => {: #[
@@ -127,6 +129,24 @@ def tokenize(source: str) -> list[Token]:
             continue
         tokens.append(Token("op", c, line, col, i, i + 1))  # anything else: Dafny will say
         i += 1
+    return _paired(tokens)
+
+
+_CLOSERS = {"(": ")", "[": "]", "{": "}", "{:": "}", "#[": "]"}
+
+
+def _paired(tokens: list[Token]) -> list[Token]:
+    """The tokens, each opening bracket knowing where its closing one is: found once, so that
+    every later look-up is a binary search, never a scan (hostile input stays linear)."""
+    stack: list[int] = []
+    closes: dict[int, int] = {}
+    for j, t in enumerate(tokens):
+        if t.text in _CLOSERS:
+            stack.append(j)
+        elif stack and t.text == _CLOSERS[tokens[stack[-1]].text]:
+            closes[stack.pop()] = tokens[j].start
+    for j, start in closes.items():
+        tokens[j] = replace(tokens[j], close=start)
     return tokens
 
 
@@ -232,17 +252,16 @@ def strip_attributes(tokens: list[Token]) -> list[Token]:
 
 def _matching(tokens: list[Token], i: int) -> int:
     """The index of the bracket closing the one at `i` (or the last token)."""
-    opens = {"(": ")", "[": "]", "{": "}", "{:": "}", "#[": "]"}
-    stack: list[str] = []
-    for j in range(i, len(tokens)):
-        t = tokens[j].text
-        if t in opens:
-            stack.append(opens[t])
-        elif stack and t == stack[-1]:
-            stack.pop()
-            if not stack:
-                return j
+    target = tokens[i].close
+    if target >= 0:
+        j = bisect.bisect_left(tokens, target, key=_start)
+        if j < len(tokens) and tokens[j].start == target:
+            return j
     return len(tokens) - 1
+
+
+def _start(token: Token) -> int:
+    return token.start
 
 
 class _Parser:
@@ -605,7 +624,7 @@ def _bodiless_statement(tokens: list[Token], i: int) -> bool:
                 return False
             j = _matching(tokens, j) + 1  # a set display
             continue
-        if t == "}":
+        if t == "}" or t in ("while", "for") or t in METHODS or t in FUNCTIONS:
             return True
         if t == ";":  # Dafny 2 allows `invariant P;`: the loop goes on if a clause follows
             following = tokens[j + 1].text if j + 1 < len(tokens) else ""
@@ -617,10 +636,13 @@ def _bodiless_statement(tokens: list[Token], i: int) -> bool:
     return True
 
 
+_SCAN = 256  # tokens looked at for a finding's text or a loop's header: keeps hostile input linear
+
+
 def _statement_end(tokens: list[Token], i: int) -> int:
     """The end of the statement or expression prefix starting at `i` (its `;`, included)."""
     j = i + 1
-    while j < len(tokens):
+    while j < min(len(tokens), i + _SCAN):
         t = tokens[j].text
         if t in ("(", "[", "{", "{:", "#["):
             j = _matching(tokens, j) + 1
@@ -884,13 +906,14 @@ def _for_loop(source: str, tokens: list[Token], i: int) -> tuple[int, int, str] 
     var = tokens[i + 1].text
     j = i + 3
     k = j
-    while k < len(tokens) and tokens[k].text not in ("to", "downto"):
+    limit = min(len(tokens), i + _SCAN)
+    while k < limit and tokens[k].text not in ("to", "downto"):
         k += 1
-    if k >= len(tokens):
+    if k >= limit:
         return None
     lo, direction = tokens[j:k], tokens[k].text
     m = k + 1
-    while m < len(tokens) and tokens[m].text not in ("{", "invariant", "decreases", "modifies"):
+    while m < limit and tokens[m].text not in ("{", "invariant", "decreases", "modifies"):
         if tokens[m].text in ("(", "["):
             m = _matching(tokens, m)
         m += 1
@@ -899,7 +922,7 @@ def _for_loop(source: str, tokens: list[Token], i: int) -> tuple[int, int, str] 
         return None
     # The loop's own clauses, up to its body.
     b = m
-    while b < len(tokens):
+    while b < limit:
         if tokens[b].text == "{" and ends_expression(tokens[b - 1]) and b > m:
             break
         if tokens[b].text == "{" and b == m:
@@ -907,7 +930,7 @@ def _for_loop(source: str, tokens: list[Token], i: int) -> tuple[int, int, str] 
         if tokens[b].text in ("(", "[", "{:", "{"):
             b = _matching(tokens, b)
         b += 1
-    if b >= len(tokens):
+    if b >= limit:
         return None
     close = _matching(tokens, b)
     spec = source[tokens[m].start : tokens[b].start] if m < b else ""

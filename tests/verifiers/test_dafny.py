@@ -492,14 +492,14 @@ async def test_a_proof_that_runs_out_of_time(sandbox: LocalSandbox) -> None:
     try:
         status, _, feedback, _ = await judge(verifier, sandbox, ABS)
         assert status is Status.PASSED, feedback
-        status, reward, feedback, _ = await judge(verifier, sandbox, SLOW.format(i=7), timeout_s=5)
+        status, reward, feedback, _ = await judge(verifier, sandbox, SLOW.format(i=7), timeout_s=3)
         assert (status, reward) == (Status.TIMEOUT, 0.0), feedback
         assert verifier._pool is not None
         discarded = verifier._pool.stats.discarded
-        # Five procedures of 4 s each overrun the 5 s for the whole program: the server is
+        # Five procedures of 2 s each overrun the 3 s for the whole program: the server is
         # killed mid-answer and replaced, and the next program is judged by a fresh one.
         slow = "".join(SLOW.format(i=i) for i in range(5))
-        status, _, feedback, _ = await judge(verifier, sandbox, slow, timeout_s=5)
+        status, _, feedback, _ = await judge(verifier, sandbox, slow, timeout_s=3)
         assert status is Status.TIMEOUT, feedback
         assert verifier._pool.stats.discarded == discarded + 1
         status, _, feedback, _ = await judge(verifier, sandbox, ABS)
