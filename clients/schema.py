@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AssayError(Exception):
@@ -193,10 +193,57 @@ class LeanSpec(SpecModel):
         return self
 
 
+DAFNY_FORBID = (
+    "assume",
+    "expect",
+    "bodiless",
+    "decreases *",
+    "include",
+    "{:axiom}",
+    "{:verify false}",
+    "{:extern}",
+    "{:options}",
+    "{:only}",
+    "{:autoReq}",
+    "{:imported}",
+    "{:*}",
+)
+"""What a Dafny program may not use by default: each way Dafny accepts a claim without
+proving it (docs/dafny.md). `{:*}` is every attribute not known to be sound."""
+_DAFNY_CONSTRUCT = re.compile(r"assume|expect|bodiless|decreases \*|include|\{:(\*|[A-Za-z_]\w*)\}")
+
+
+class DafnySpec(SpecModel):
+    reference: str | None = Field(
+        default=None,
+        description="A program whose specification the completion must keep: signatures, "
+        "requires/ensures/decreases/reads/modifies clauses, function bodies, types, constants.",
+    )
+    forbid: list[str] = Field(
+        default_factory=lambda: list(DAFNY_FORBID),
+        description="Constructs that make the answer `forbidden` (those the reference has "
+        "itself may be kept).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="For the whole check.")
+
+    @field_validator("forbid")
+    @classmethod
+    def _known_constructs(cls, forbid: list[str]) -> list[str]:
+        for item in forbid:
+            if item != "{:verify false}" and not _DAFNY_CONSTRUCT.fullmatch(item):
+                raise ValueError(
+                    f"unknown construct {item!r}: one of assume, expect, bodiless, "
+                    "`decreases *`, include, `{:name}`, `{:verify false}`, `{:*}`"
+                )
+        return forbid
+
+
 __all__ = [
+    "DAFNY_FORBID",
     "UNJUDGED",
     "AssayError",
     "CodeSpec",
+    "DafnySpec",
     "Extract",
     "FenceExtract",
     "IOTest",

@@ -28,7 +28,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, Verifier
+from assay.verifiers import VERIFIERS, DafnyVerifier, Verifier
 from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
@@ -214,6 +214,14 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     )
     verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
     verifiers["lean"] = lean_verifier(settings)
+    verifiers["dafny"] = DafnyVerifier(
+        settings.dafny_home,
+        runtime=settings.dafny_runtime,
+        servers=settings.dafny_servers,
+        server_uses=settings.dafny_server_uses,
+        memory_mb=settings.dafny_memory_mb,
+        use_server=settings.dafny_server,
+    )
     # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
     concurrency = {"lean": settings.lean_pool_size, **settings.concurrency}
     return Engine(

@@ -120,6 +120,29 @@ class Settings(BaseSettings):
     lean_kimina_url: str | None = Field(default=None, description="The Kimina Lean Server.")
     lean_kimina_api_key: str | None = None
 
+    dafny_home: str = Field(
+        default="/usr/lib/dafny",
+        description="The Dafny installation: 2.x (DafnyServer.exe, run by `dafny_runtime`) or "
+        "4.x (its `dafny` program); its version is read from DafnyPipeline.dll.",
+    )
+    dafny_runtime: str = Field(default="/usr/bin/cli", description="Mono, for Dafny 2.x.")
+    dafny_servers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        description="Warm Dafny 2.x servers (each verifies one program at a time).",
+    )
+    dafny_server_uses: int = Field(
+        default=200,
+        ge=1,
+        description="Programs a Dafny server verifies before it is replaced (its memory grows).",
+    )
+    dafny_server: bool = Field(
+        default=True, description="Keep Dafny 2.x warm in servers; false: one process a program."
+    )
+    dafny_memory_mb: int = Field(
+        default=2048, ge=256, description="Memory of a Dafny server or run, z3 included."
+    )
+
     @model_validator(mode="after")
     def _kimina_has_a_url(self) -> Settings:
         if self.lean_backend == "kimina" and not self.lean_kimina_url:
