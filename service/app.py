@@ -21,6 +21,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.verifiers import VERIFIERS, SqlVerifier
 
 log = logging.getLogger("assay.service")
 
@@ -91,8 +92,19 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+    verifiers = {name: cls() for name, cls in VERIFIERS.items()}
+    verifiers["sql"] = SqlVerifier(
+        data_dir=settings.sql_data_dir,
+        duckdb=settings.sql_duckdb,
+        postgres=settings.sql_postgres,
+        empty_gold=settings.sql_empty_gold,
+        workers=settings.sql_workers,
+        worker_memory_mb=settings.sql_worker_memory_mb,
+        max_rows=settings.sql_max_rows,
+    )
     return Engine(
         sandbox,
+        verifiers=verifiers,
         concurrency=settings.concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,

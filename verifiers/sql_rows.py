@@ -1,0 +1,189 @@
+"""Comparing query results (rows of JSON cells) the way text-to-SQL benchmarks do.
+
+- `set` (BIRD `evaluation_ex.py`): rows compared as sets; duplicates and order ignored.
+- `multiset`: duplicates count, order ignored.
+- ordered (Spider test-suite `exec_eval.py`, when the gold's outermost SELECT has ORDER BY):
+  row lists compared in order (under `set`, repeated rows are dropped first).
+- column permutations (Spider test-suite): the predicted columns may come in any order.
+- numbers compare within `float_tol` (absolute or relative), integers and floats alike; NULLs,
+  strings, numbers and bytes of one column compare without errors (a total order by type).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Row = tuple[Any, ...]
+
+_PERMUTATION_TRIES = 5000  # Spider's search is bounded too; beyond it, no match is claimed
+
+
+def _normal(value: Any) -> Any:
+    """A cell as the comparison sees it: bool as int; bytes back from their JSON tag."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, dict) and set(value) == {"$bytes"}:
+        return bytes.fromhex(value["$bytes"])
+    if isinstance(value, (list, dict)):
+        return repr(value)
+    return value
+
+
+def normal_rows(rows: Sequence[Sequence[Any]]) -> list[Row]:
+    return [tuple(_normal(v) for v in row) for row in rows]
+
+
+def _key(value: Any) -> tuple[int, Any]:
+    """A total order over mixed types: NULL < NaN < numbers < text < bytes."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and math.isnan(value):
+            return (1, 0)
+        return (2, value)
+    if isinstance(value, str):
+        return (3, value)
+    if isinstance(value, bytes):
+        return (4, value)
+    return (5, repr(value))
+
+
+def row_key(row: Row) -> tuple[tuple[int, Any], ...]:
+    return tuple(_key(v) for v in row)
+
+
+def cells_equal(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        fa, fb = float(a), float(b)
+        if math.isnan(fa) or math.isnan(fb):
+            return math.isnan(fa) and math.isnan(fb)
+        return fa == fb or math.isclose(fa, fb, rel_tol=tol, abs_tol=tol)
+    return type(a) is type(b) and a == b
+
+
+def rows_equal(a: Row, b: Row, tol: float) -> bool:
+    return len(a) == len(b) and all(cells_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+
+
+def _unique(rows: list[Row], tol: float) -> list[Row]:
+    """Rows in their order without repeats (within tolerance of an earlier equal row)."""
+    if tol == 0:
+        seen: set[tuple[tuple[int, Any], ...]] = set()
+        out = []
+        for row in rows:
+            key = row_key(row)
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+        return out
+    out = []
+    for row in sorted(rows, key=row_key):
+        if not out or not rows_equal(out[-1], row, tol):
+            out.append(row)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """Why two results differ: a sentence, and the first differing row of each side."""
+
+    reason: str
+    expected_row: Row | None = None
+    actual_row: Row | None = None
+
+
+def _prepared(rows: list[Row], compare: str, ordered: bool, tol: float) -> list[Row]:
+    if compare == "set":
+        if ordered:
+            return _ordered_unique(rows, tol)
+        return _unique(rows, tol)
+    return rows if ordered else sorted(rows, key=row_key)
+
+
+def _ordered_unique(rows: list[Row], tol: float) -> list[Row]:
+    """Rows in their order, each first occurrence only (repeats compared exactly)."""
+    seen: set[tuple[tuple[int, Any], ...]] = set()
+    out: list[Row] = []
+    for row in rows:
+        key = row_key(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
+def _first_difference(gold: list[Row], pred: list[Row], tol: float) -> Mismatch | None:
+    for g, p in itertools.zip_longest(gold, pred):
+        if g is None or p is None or not rows_equal(g, p, tol):
+            if len(gold) != len(pred):
+                reason = f"expected {len(gold)} rows, got {len(pred)}"
+            else:
+                reason = f"expected {len(gold)} rows, got {len(pred)} with different values"
+            return Mismatch(reason, g, p)
+    return None
+
+
+def _same(gold: list[Row], pred: list[Row], compare: str, ordered: bool, tol: float) -> bool:
+    a, b = _prepared(gold, compare, ordered, tol), _prepared(pred, compare, ordered, tol)
+    return len(a) == len(b) and all(rows_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+
+
+def _column(rows: list[Row], i: int) -> list[Any]:
+    return sorted((row[i] for row in rows), key=_key)
+
+
+def _permutations(gold: list[Row], pred: list[Row], width: int, tol: float) -> list[list[int]]:
+    """For each gold column, the predicted columns holding the same multiset of values."""
+    candidates = []
+    for i in range(width):
+        column = _column(gold, i)
+        fits = [
+            j
+            for j in range(width)
+            if all(cells_equal(a, b, tol) for a, b in zip(column, _column(pred, j), strict=True))
+        ]
+        candidates.append(fits)
+    return candidates
+
+
+def compare_rows(
+    gold: list[Row],
+    pred: list[Row],
+    *,
+    compare: str = "set",
+    ordered: bool = False,
+    tol: float = 1e-6,
+    column_permutations: bool = False,
+) -> Mismatch | None:
+    """`None` when the predicted rows match the gold rows; else the first difference."""
+    gold_width = len(gold[0]) if gold else None
+    pred_width = len(pred[0]) if pred else None
+    if gold_width is not None and pred_width is not None and gold_width != pred_width:
+        return Mismatch(
+            f"expected {gold_width} columns, got {pred_width}", gold[0] if gold else None, pred[0]
+        )
+    if _same(gold, pred, compare, ordered, tol):
+        return None
+    if column_permutations and gold and pred and len(gold) == len(pred) and gold_width:
+        candidates = _permutations(gold, pred, gold_width, tol)
+        tries = 0
+        for order in itertools.product(*candidates):
+            if len(set(order)) != gold_width:
+                continue
+            tries += 1
+            if tries > _PERMUTATION_TRIES:
+                break
+            permuted = [tuple(row[j] for j in order) for row in pred]
+            if _same(gold, permuted, compare, ordered, tol):
+                return None
+    a, b = _prepared(gold, compare, ordered, tol), _prepared(pred, compare, ordered, tol)
+    found = _first_difference(a, b, tol)
+    if found is None:  # equal once prepared; only the raw counts differ (set semantics)
+        return Mismatch(f"expected {len(gold)} rows, got {len(pred)}")
+    return found
