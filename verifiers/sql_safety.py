@@ -15,7 +15,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 # Statement kinds that change something or reach outside the database, wherever they sit.
-_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+_FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
     exp.DML,  # INSERT (via DDL below), UPDATE, DELETE, MERGE, COPY
     exp.DDL,  # CREATE, INSERT
     exp.Drop,
@@ -145,7 +145,7 @@ def _function_name(node: exp.Func) -> str:
     return node.sql_name().lower()
 
 
-def _one_statement(sql: str, dialect: str) -> exp.Expression:
+def _one_statement(sql: str, dialect: str) -> exp.Expr:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except SqlglotError as exc:
@@ -163,7 +163,7 @@ class Forbidden(Exception):
     """The query may not run: not one read-only statement."""
 
 
-def why_forbidden(tree: exp.Expression) -> str | None:
+def why_forbidden(tree: exp.Expr) -> str | None:
     """`None` when `tree` is one read-only query; else what is wrong with it."""
     if not isinstance(tree, (exp.Query, exp.Values)) or isinstance(tree, exp.DDL):
         return f"only a read-only query (SELECT, or WITH … SELECT) may run, not {tree.key.upper()}"
@@ -175,7 +175,7 @@ def why_forbidden(tree: exp.Expression) -> str | None:
     return None
 
 
-def ordered(tree: exp.Expression) -> bool:
+def ordered(tree: exp.Expr) -> bool:
     """Whether the outermost query orders its rows (ORDER BY on the root SELECT or UNION)."""
     while isinstance(tree, exp.Subquery):
         tree = tree.this

@@ -168,7 +168,7 @@ def _duckdb_config() -> dict[str, Any]:
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "allow_community_extensions": False,
-        "memory_limit": f"{MEMORY_MB * 6 // 10}MB",
+        "memory_limit": f"{MEMORY_MB * 4 // 10}MB",
         "max_temp_directory_size": "64MB",
         "temp_directory": "/tmp/duckdb-spill",
         "threads": 1,
