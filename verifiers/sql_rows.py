@@ -72,17 +72,10 @@ def rows_equal(a: Row, b: Row, tol: float) -> bool:
 
 
 def _unique(rows: list[Row], tol: float) -> list[Row]:
-    """Rows in their order without repeats (within tolerance of an earlier equal row)."""
+    """Rows sorted, without repeats (exact, or within tolerance of the row before)."""
     if tol == 0:
-        seen: set[tuple[tuple[int, Any], ...]] = set()
-        out = []
-        for row in rows:
-            key = row_key(row)
-            if key not in seen:
-                seen.add(key)
-                out.append(row)
-        return out
-    out = []
+        return sorted({row_key(row): row for row in rows}.values(), key=row_key)
+    out: list[Row] = []
     for row in sorted(rows, key=row_key):
         if not out or not rows_equal(out[-1], row, tol):
             out.append(row)

@@ -14,6 +14,8 @@ def test_set_ignores_order_and_repeats_multiset_counts_them() -> None:
     gold = [(1, "a"), (2, "b"), (2, "b")]
     pred = [(2, "b"), (1, "a")]
     assert compare_rows(gold, pred, compare="set") is None
+    assert compare_rows(gold, pred, compare="set", tol=0) is None  # exact, as BIRD
+    assert compare_rows(gold, [(2, "b"), (1, "a"), (2, "b")], compare="multiset", tol=0) is None
     found = compare_rows(gold, pred, compare="multiset")
     assert found is not None
     assert found.reason == "expected 3 rows, got 2"
