@@ -436,27 +436,31 @@ class SqlVerifier:
     # -- gold results, cached -----------------------------------------------------------------
 
     async def gold(self, target: Target, sql: str, timeout_s: float, sandbox: Sandbox) -> Outcome:
-        """The gold query's result on `target`: run once, shared by concurrent askers, cached."""
+        """The gold query's result on `target`: run once, shared by concurrent askers, cached.
+
+        The run is a task of its own, not any asker's: an asker cancelled (its item's deadline)
+        leaves it running for the others, and its result still reaches the cache."""
         key = (target.engine, target.location, sql)
         hit = self._gold.get(key)
         if hit is not None:
             self._gold.move_to_end(key)
             self.stats.gold_hits += 1
             return hit
-        running = self._gold_running.get(key)
-        if running is not None:
-            self.stats.gold_hits += 1
-            return await asyncio.shield(running)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._gold_running[key] = future
-        try:
+        task = self._gold_running.get(key)
+        if task is None:
             self.stats.gold_runs += 1
+            task = asyncio.ensure_future(self._run_gold(key, target, sql, timeout_s, sandbox))
+            task.add_done_callback(_retrieved)
+            self._gold_running[key] = task
+        else:
+            self.stats.gold_hits += 1
+        return await asyncio.shield(task)
+
+    async def _run_gold(
+        self, key: Hashable, target: Target, sql: str, timeout_s: float, sandbox: Sandbox
+    ) -> Outcome:
+        try:
             outcome = await self.run_query(target, "gold", sql, timeout_s, sandbox)
-            future.set_result(outcome)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters see it, nobody else must
-            raise
         finally:
             del self._gold_running[key]
         if outcome.kind != "timeout":  # a load-dependent failure is not remembered
@@ -475,18 +479,18 @@ class SqlVerifier:
         if found is not None:
             self._fixtures.move_to_end(digest)
             return found
-        running = self._building.get(digest)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Target | str] = asyncio.get_running_loop().create_future()
-        self._building[digest] = future
+        task = self._building.get(digest)
+        if task is None:  # a task of its own, as for gold queries
+            task = asyncio.ensure_future(self._build_fixture(engine, setup_sql, digest, sandbox))
+            task.add_done_callback(_retrieved)
+            self._building[digest] = task
+        return await asyncio.shield(task)
+
+    async def _build_fixture(
+        self, engine: str, setup_sql: str, digest: str, sandbox: Sandbox
+    ) -> Target | str:
         try:
             result = await self._build(engine, setup_sql, digest, sandbox)
-            future.set_result(result)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
         finally:
             del self._building[digest]
         if isinstance(result, Target):
@@ -597,6 +601,12 @@ class SqlVerifier:
             "results match" + (f" on all {n} databases" if n > 1 else ""),
             details,
         )
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks a shared task's exception as seen: its askers may all have been cancelled."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _write_read_only(path: Path, blob: bytes) -> None:

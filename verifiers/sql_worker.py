@@ -203,12 +203,20 @@ def _with_interrupt(conn: Any, timeout_s: float, run: Any) -> Any:
 
 
 def _duckdb_run(conn: Any, sql: str, max_rows: int, max_bytes: int, timeout_s: float) -> Any:
+    # A connection of its own per query (`cursor()`: same database, same locked settings):
+    # temporary tables, macros and variables a query made go with it, so none can shadow a
+    # table for the next query.
+    cursor = conn.cursor()
+
     def run() -> Any:
-        cursor = conn.execute(sql)
+        cursor.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
         return columns, fetch(cursor, max_rows, max_bytes)
 
-    return _with_interrupt(conn, timeout_s, run)
+    try:
+        return _with_interrupt(cursor, timeout_s, run)
+    finally:
+        cursor.close()
 
 
 def _duckdb_build(path: str, setup_sql: str, timeout_s: float) -> None:
@@ -231,6 +239,20 @@ def _postgres_connect(dsn: str) -> Any:
     import psycopg
 
     conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    # The operator's role must only read: one that may read or write server files, or run
+    # programs, would let a query past the parse check reach the server's machine.
+    powers = conn.execute(
+        "SELECT rolsuper, pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),"
+        " pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),"
+        " pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')"
+        " FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if powers is None or any(powers):
+        conn.close()
+        raise PermissionError(
+            "the configured PostgreSQL role is a superuser or may use server files or programs;"
+            " give a role that may only read (docs/sql.md)"
+        )
     # Session defaults; each query also runs in its own READ ONLY transaction, rolled back.
     # The role the operator configures should itself be able only to read (docs/sql.md).
     work_mem = max(4, MEMORY_MB // 16)
@@ -249,12 +271,15 @@ def _postgres_run(conn: Any, sql: str, max_rows: int, max_bytes: int, timeout_s:
 
     timeout_ms = max(1, int(timeout_s * 1000))
     try:
-        with conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("SET TRANSACTION READ ONLY")
-            cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-            cursor.execute(sql)
-            columns = [d.name for d in cursor.description or ()]
-            rows = fetch(cursor, max_rows, max_bytes)
+        with conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+            # A server-side cursor: rows come in batches, so a huge result is refused at
+            # max_rows instead of being buffered whole by libpq in the worker's memory.
+            with conn.cursor(name="assay_query") as cursor:
+                cursor.execute(sql)
+                columns = [d.name for d in cursor.description or ()]
+                rows = fetch(cursor, max_rows, max_bytes)
             raise _Rollback((columns, rows))
     except _Rollback as done:
         return done.value

@@ -334,6 +334,28 @@ async def test_a_group_of_predictions_runs_the_gold_once(
     assert verifier.stats.gold_runs == runs + 1
 
 
+async def test_a_cancelled_asker_leaves_the_gold_run_to_the_others(
+    judge: tuple[SqlVerifier, LocalSandbox],
+) -> None:
+    verifier, sandbox = judge
+    target = verifier.registry.find("shop", "sqlite")
+    assert isinstance(target, Target)
+    sql = (  # about a second of work
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+        "SELECT COUNT(*) FROM c"
+    )
+    first = asyncio.ensure_future(verifier.gold(target, sql, 10, sandbox))
+    second = asyncio.ensure_future(verifier.gold(target, sql, 10, sandbox))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    outcome = await second
+    assert outcome.ok
+    assert first.cancelled()
+    hits = verifier.stats.gold_hits
+    assert (await verifier.gold(target, sql, 10, sandbox)).rows == outcome.rows
+    assert verifier.stats.gold_hits == hits + 1  # from the cache
+
+
 async def test_a_test_suite_must_match_on_every_database(
     judge: tuple[SqlVerifier, LocalSandbox],
 ) -> None:
@@ -477,6 +499,26 @@ async def test_each_engine_refuses_writes_by_itself(
     assert databases.fingerprints() == before
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_temporary_table_cannot_shadow_a_table_for_the_next_query(
+    judge: tuple[SqlVerifier, LocalSandbox], databases: Databases, engine: str
+) -> None:
+    _skip_missing(engine, databases)
+    verifier, sandbox = judge
+    target = verifier.registry.find("shop", engine)
+    assert isinstance(target, Target)
+    count = "SELECT COUNT(*) FROM orders"
+    real = await verifier.run_query(target, "pred", count, 5, sandbox)
+    assert real.ok
+    for attack in (
+        "CREATE TEMP TABLE orders AS SELECT 42 AS id",
+        "CREATE TEMPORARY VIEW orders AS SELECT 42 AS id",
+    ):
+        await verifier.run_query(target, "pred", attack, 5, sandbox)  # refused, or contained
+        after = await verifier.run_query(target, "pred", count, 5, sandbox)
+        assert after.rows == real.rows, attack
+
+
 async def test_settings_changed_by_a_query_do_not_reach_the_next(
     judge: tuple[SqlVerifier, LocalSandbox], databases: Databases
 ) -> None:
@@ -493,9 +535,26 @@ async def test_settings_changed_by_a_query_do_not_reach_the_next(
     )
     assert changed.rows == [("off",)]
     after = await verifier.run_query(
-        target, "pred", "SHOW default_transaction_read_only", 5, sandbox
+        target, "pred", "SELECT current_setting('default_transaction_read_only')", 5, sandbox
     )
     assert after.rows == [("on",)]
+
+
+async def test_a_postgres_role_that_may_do_more_than_read_is_refused(
+    judge: tuple[SqlVerifier, LocalSandbox], databases: Databases
+) -> None:
+    _skip_missing("postgres", databases)
+    assert databases.postgres is not None
+    _, sandbox = judge
+    verifier = SqlVerifier(postgres={"shop": databases.postgres.dsn("shop")}, workers=1)
+    try:
+        verdict = await verifier.verify(
+            "SELECT 1", SqlSpec(database="shop", gold_sql="SELECT 1"), sandbox
+        )
+    finally:
+        await verifier.close()
+    assert verdict.status.value == "invalid_spec"
+    assert "superuser" in verdict.feedback
 
 
 RUNAWAY: list[tuple[str, str, str]] = [
