@@ -556,7 +556,9 @@ class SqlVerifier:
             targets.append(found)
         order = spec.order_matters
         if order is None:
-            order = spec.gold_sql is not None and gold_ordered(spec.gold_sql, engine)
+            order = spec.gold_sql is not None and await asyncio.to_thread(
+                gold_ordered, spec.gold_sql, engine
+            )
         per_db: list[dict[str, Any]] = []
         details: dict[str, Any] = {"order_matters": order, "databases": per_db}
         if spec.transpile_from is not None:

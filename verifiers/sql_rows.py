@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,14 @@ def _normal(value: Any) -> Any:
     return value
 
 
+_PLAIN = frozenset({int, float, str, type(None)})
+
+
 def normal_rows(rows: Sequence[Sequence[Any]]) -> list[Row]:
-    return [tuple(_normal(v) for v in row) for row in rows]
+    return [
+        tuple(row) if all(type(v) in _PLAIN for v in row) else tuple(_normal(v) for v in row)
+        for row in rows
+    ]
 
 
 def _key(value: Any) -> tuple[int, Any]:
@@ -99,32 +106,62 @@ def _prepared(rows: list[Row], compare: str, ordered: bool, tol: float) -> list[
     return rows if ordered else sorted(rows, key=row_key)
 
 
-def _ordered_unique(rows: list[Row], tol: float) -> list[Row]:
+def _ordered_unique(rows: list[Row], tol: float = 0.0) -> list[Row]:
     """Rows in their order, each first occurrence only (repeats compared exactly)."""
-    seen: set[tuple[tuple[int, Any], ...]] = set()
-    out: list[Row] = []
-    for row in rows:
-        key = row_key(row)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
+    return list(dict.fromkeys(rows))
+
+
+def _has_float(rows: list[Row]) -> bool:
+    return any(type(v) is float for row in rows for v in row)
+
+
+def _exactly_same(gold: list[Row], pred: list[Row], compare: str, ordered: bool) -> bool:
+    """Equality without tolerance, by hashing: linear, whatever the size (1 equals 1.0)."""
+    if ordered:
+        if compare == "set":
+            return _ordered_unique(gold) == _ordered_unique(pred)
+        return gold == pred
+    if compare == "set":
+        return set(gold) == set(pred)
+    return len(gold) == len(pred) and Counter(gold) == Counter(pred)
+
+
+def _same(gold: list[Row], pred: list[Row], compare: str, ordered: bool, tol: float) -> bool:
+    if _exactly_same(gold, pred, compare, ordered):
+        return True
+    if tol == 0 or not (_has_float(gold) or _has_float(pred)):
+        return False  # without floats, tolerance changes nothing
+    a, b = _prepared(gold, compare, ordered, tol), _prepared(pred, compare, ordered, tol)
+    return len(a) == len(b) and all(rows_equal(x, y, tol) for x, y in zip(a, b, strict=True))
 
 
 def _first_difference(gold: list[Row], pred: list[Row], tol: float) -> Mismatch | None:
     for g, p in itertools.zip_longest(gold, pred):
         if g is None or p is None or not rows_equal(g, p, tol):
-            if len(gold) != len(pred):
-                reason = f"expected {len(gold)} rows, got {len(pred)}"
-            else:
-                reason = f"expected {len(gold)} rows, got {len(pred)} with different values"
-            return Mismatch(reason, g, p)
+            return Mismatch(_counts(len(gold), len(pred)), g, p)
     return None
 
 
-def _same(gold: list[Row], pred: list[Row], compare: str, ordered: bool, tol: float) -> bool:
-    a, b = _prepared(gold, compare, ordered, tol), _prepared(pred, compare, ordered, tol)
-    return len(a) == len(b) and all(rows_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+def _counts(expected: int, got: int) -> str:
+    if expected != got:
+        return f"expected {expected} rows, got {got}"
+    return f"expected {expected} rows, got {got} with different values"
+
+
+def _unordered_difference(gold: list[Row], pred: list[Row], compare: str) -> Mismatch:
+    """The first row (in each side's own order) that one side has and the other lacks."""
+    if compare == "set":
+        a, b = set(gold), set(pred)
+        sizes = len(a), len(b)
+        missing = next((row for row in gold if row not in b), None)
+        extra = next((row for row in pred if row not in a), None)
+    else:
+        ca, cb = Counter(gold), Counter(pred)
+        sizes = len(gold), len(pred)
+        less, more = ca - cb, cb - ca
+        missing = next((row for row in gold if row in less), None)
+        extra = next((row for row in pred if row in more), None)
+    return Mismatch(_counts(*sizes), missing, extra)
 
 
 def _column(rows: list[Row], i: int) -> list[Any]:
@@ -133,13 +170,14 @@ def _column(rows: list[Row], i: int) -> list[Any]:
 
 def _permutations(gold: list[Row], pred: list[Row], width: int, tol: float) -> list[list[int]]:
     """For each gold column, the predicted columns holding the same multiset of values."""
+    columns = [_column(pred, j) for j in range(width)]
     candidates = []
     for i in range(width):
         column = _column(gold, i)
         fits = [
             j
             for j in range(width)
-            if all(cells_equal(a, b, tol) for a, b in zip(column, _column(pred, j), strict=True))
+            if all(cells_equal(a, b, tol) for a, b in zip(column, columns[j], strict=True))
         ]
         candidates.append(fits)
     return candidates
@@ -175,8 +213,10 @@ def compare_rows(
             permuted = [tuple(row[j] for j in order) for row in pred]
             if _same(gold, permuted, compare, ordered, tol):
                 return None
+    if not ordered and (tol == 0 or not (_has_float(gold) or _has_float(pred))):
+        return _unordered_difference(gold, pred, compare)
     a, b = _prepared(gold, compare, ordered, tol), _prepared(pred, compare, ordered, tol)
     found = _first_difference(a, b, tol)
     if found is None:  # equal once prepared; only the raw counts differ (set semantics)
-        return Mismatch(f"expected {len(gold)} rows, got {len(pred)}")
+        return Mismatch(_counts(len(gold), len(pred)))
     return found

@@ -8,6 +8,7 @@ write, attach, read files or load code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sqlglot
@@ -201,6 +202,7 @@ def check_prediction(sql: str, dialect: str, transpile_from: str | None = None) 
     return Checked(sql=sql, ordered=ordered(tree))
 
 
+@functools.lru_cache(maxsize=4096)  # a gold query is asked about once per prediction
 def gold_ordered(sql: str, dialect: str) -> bool:
     """Whether a gold query's outermost SELECT has ORDER BY; False when sqlglot cannot read it
     (the gold query is trusted and runs anyway)."""

@@ -80,6 +80,9 @@ def cell(value: Any) -> Any:
         return str(value)
 
 
+PLAIN = frozenset({int, float, str, type(None)})
+
+
 def fetch(cursor: Any, max_rows: int, max_bytes: int) -> list[list[Any]]:
     rows: list[list[Any]] = []
     size = 0
@@ -88,7 +91,8 @@ def fetch(cursor: Any, max_rows: int, max_bytes: int) -> list[list[Any]]:
         if not batch:
             return rows
         for row in batch:
-            converted = [cell(v) for v in row]
+            plain = all(type(v) in PLAIN for v in row)
+            converted = list(row) if plain else [cell(v) for v in row]
             rows.append(converted)
             size += sum(len(v) if isinstance(v, str) else 8 for v in converted)
             if len(rows) > max_rows:

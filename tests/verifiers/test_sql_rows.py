@@ -21,6 +21,26 @@ def test_set_ignores_order_and_repeats_multiset_counts_them() -> None:
     assert found.reason == "expected 3 rows, got 2"
 
 
+def test_the_first_differing_rows_are_named() -> None:
+    found = compare_rows([(1,), (2,), (3,)], [(1,), (4,)], tol=0)
+    assert found is not None
+    assert (found.reason, found.expected_row, found.actual_row) == (
+        "expected 3 rows, got 2",
+        (2,),
+        (4,),
+    )
+    found = compare_rows([(1,), (1,)], [(1,), (2,)], compare="multiset")
+    assert found is not None
+    assert (found.reason, found.expected_row, found.actual_row) == (
+        "expected 2 rows, got 2 with different values",
+        (1,),
+        (2,),
+    )
+    # Floats within tolerance, in another order, duplicates counted.
+    assert compare_rows([(0.1 + 0.2,), (1.0,)], [(1,), (0.3,)], compare="multiset") is None
+    assert compare_rows([(0.1 + 0.2,), (0.3,)], [(0.3,)], compare="multiset") is not None
+
+
 def test_order_counts_only_when_asked() -> None:
     gold = [(1,), (2,), (3,)]
     assert compare_rows(gold, [(3,), (2,), (1,)], ordered=False) is None
