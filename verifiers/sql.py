@@ -98,6 +98,10 @@ class _Died(Exception):
     """A worker's process ended mid-request."""
 
 
+class _Garbled(Exception):
+    """A worker's answer could not be read."""
+
+
 class _Lost(Exception):
     """A worker given up on (stuck or dead), with what the query is taken to have given."""
 
@@ -113,16 +117,24 @@ class _Worker:
         self.tool = tool
 
     async def ask(self, request: dict[str, Any], wait_s: float) -> dict[str, Any]:
-        self.tool.stdin.write(json.dumps(request).encode() + b"\n")
-        await self.tool.stdin.drain()
+        try:
+            self.tool.stdin.write(json.dumps(request).encode() + b"\n")
+            await self.tool.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise _Died() from None
         try:
             async with asyncio.timeout(wait_s):
                 line = await self.tool.stdout.readline()
         except TimeoutError:
             raise _Stuck() from None
+        except ValueError:  # a line over the pipe's limit: the worker is given up
+            raise _Garbled("the result is too large to pass back") from None
         if not line:
             raise _Died()
-        answer: dict[str, Any] = json.loads(line)
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise _Garbled("the database worker answered something that is not JSON") from None
         return answer
 
     async def read_line(self, wait_s: float) -> bytes:
@@ -251,7 +263,7 @@ class SqlVerifier:
         workers: int = 4,
         worker_memory_mb: int = 1024,
         max_rows: int = 100_000,
-        max_result_bytes: int = 32 << 20,
+        max_result_bytes: int = 16 << 20,
         gold_cache_entries: int = 10_000,
         fixture_entries: int = 256,
         python: str = PYTHON,
@@ -270,7 +282,6 @@ class SqlVerifier:
         self._building: dict[str, asyncio.Future[Target | str]] = {}
         self._fixture_dir: str | None = None
         self._pool: WorkerPool[_Worker] | None = None
-        self._sandbox: Sandbox | None = None
         self._source = _WORKER_SOURCE.read_text()
         self._sites = {engine: _site_dirs(engine) for engine in ENGINES}
 
@@ -367,7 +378,6 @@ class SqlVerifier:
 
     def _workers(self, sandbox: Sandbox) -> WorkerPool[_Worker]:
         if self._pool is None:
-            self._sandbox = sandbox
 
             async def start(key: Hashable) -> _Worker:
                 assert isinstance(key, tuple)
@@ -414,6 +424,8 @@ class SqlVerifier:
                     raise _Lost(Outcome(kind="timeout", error=error)) from None
                 except _Died:
                     raise _Lost(await self._death(worker)) from None
+                except _Garbled as exc:
+                    raise _Lost(Outcome(kind="size", error=str(exc))) from None
         except _Lost as lost:
             self.stats.workers_lost += 1
             return lost.outcome
@@ -463,7 +475,7 @@ class SqlVerifier:
             outcome = await self.run_query(target, "gold", sql, timeout_s, sandbox)
         finally:
             del self._gold_running[key]
-        if outcome.kind != "timeout":  # a load-dependent failure is not remembered
+        if outcome.kind not in ("timeout", "connect"):  # passing failures are not remembered
             self._gold[key] = outcome
             while len(self._gold) > self._gold_entries:
                 self._gold.popitem(last=False)
@@ -516,9 +528,14 @@ class SqlVerifier:
                 return "setup_sql ran past 60 s"
             except _Died:
                 return f"setup_sql failed: {(await self._death(worker)).error}"
+            except _Garbled as exc:
+                return f"setup_sql failed: {exc}"
             if not answer.get("ok"):
                 return f"setup_sql failed: {answer.get('error', '')}"
-            blob = base64.b64decode(await worker.read_line(60))
+            try:
+                blob = base64.b64decode(await worker.read_line(60))
+            except ValueError:
+                return "setup_sql built a database too large to keep (48 MB at most)"
         finally:
             await tool.close()
         if self._fixture_dir is None:
@@ -567,6 +584,8 @@ class SqlVerifier:
         for target in targets:
             if spec.gold_sql is not None:
                 gold = await self.gold(target, spec.gold_sql, spec.timeout_s, sandbox)
+                if gold.kind == "connect":
+                    return _unreachable(target, gold)
                 if not gold.ok:
                     return Verdict.unjudged(
                         Status.INVALID_SPEC,
@@ -580,6 +599,8 @@ class SqlVerifier:
             entry: dict[str, Any] = {"database": target.name, "gold_rows": len(gold_rows)}
             per_db.append(entry)
             empty_gold = empty_gold or not gold_rows
+            if pred.kind == "connect":
+                return _unreachable(target, pred)
             if not pred.ok:
                 entry["error"] = pred.kind
                 status, why = _failure(pred)
@@ -603,6 +624,10 @@ class SqlVerifier:
             "results match" + (f" on all {n} databases" if n > 1 else ""),
             details,
         )
+
+
+def _unreachable(target: Target, outcome: Outcome) -> Verdict:
+    return Verdict.unjudged(Status.UNAVAILABLE, f"cannot open {target.name}: {outcome.error}")
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -50,6 +50,15 @@ class Timeout(Exception):
     pass
 
 
+class Unreachable(Exception):
+    """The database could not be opened or connected to: the server's problem, not the item's."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class TooMany(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -317,6 +326,8 @@ def main() -> None:
         return connections[role]
 
     out = sys.stdout
+    # UTF-8 whatever the locale; a lone surrogate (not valid UTF-8) is escaped, not fatal.
+    out.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     for line in sys.stdin:
         request = json.loads(line)
         timeout_s = float(request.get("timeout_s", 10))
@@ -333,7 +344,10 @@ def main() -> None:
                     blob = f.read()
                 answer = {"ok": True, "size": len(blob)}
             else:
-                conn = connection(request["role"])
+                try:
+                    conn = connection(request["role"])
+                except Exception as exc:
+                    raise Unreachable(f"{type(exc).__name__}: {_first_line(exc)}") from exc
                 sql, rows_cap, bytes_cap = request["sql"], request["max_rows"], request["max_bytes"]
                 if ENGINE == "sqlite":
                     columns, rows = _sqlite_run(conn, sql, rows_cap, bytes_cap, deadline)
@@ -342,6 +356,8 @@ def main() -> None:
                 else:
                     columns, rows = _postgres_run(conn, sql, rows_cap, bytes_cap, timeout_s)
                 answer = {"ok": True, "columns": columns, "rows": rows}
+        except Unreachable as exc:
+            answer = {"ok": False, "kind": "connect", "error": str(exc)}
         except Timeout:
             answer = {"ok": False, "kind": "timeout", "error": f"ran past {timeout_s:g} s"}
         except TooMany as exc:
@@ -349,11 +365,12 @@ def main() -> None:
         except MemoryError:
             answer = {"ok": False, "kind": "memory", "error": "out of memory"}
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            message = _first_line(exc)
             kind = "memory" if "out of memory" in message.lower() else "error"
             answer = {"ok": False, "kind": kind, "error": f"{type(exc).__name__}: {message}"}
         try:
-            text = json.dumps(answer)
+            # UTF-8 as it is: \uXXXX escapes would make text up to 6 times longer on the pipe.
+            text = json.dumps(answer, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             text = json.dumps({"ok": False, "kind": "error", "error": f"unencodable: {exc}"})
         out.write(text + "\n")

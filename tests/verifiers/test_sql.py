@@ -158,6 +158,17 @@ CASES: list[tuple[str, str, dict[str, Any], str, float]] = [
         1.0,
     ),
     (
+        "non-ascii-text",
+        "SELECT city FROM customers WHERE city LIKE 'S_o Paulo' OR city LIKE 'Montr_al' "
+        "OR city IN ('Tokyo', 'Toronto', 'Osaka')",
+        {
+            "gold_sql": "SELECT city FROM customers "
+            "WHERE city IN ('São Paulo', 'Montréal', 'Tokyo', 'Toronto', 'Osaka')"
+        },
+        "passed",
+        1.0,
+    ),
+    (
         "nulls-kept",
         "SELECT city FROM customers WHERE country = 'Japan'",
         {"gold_sql": "SELECT city FROM customers WHERE country = 'Japan'", "compare": "multiset"},
@@ -553,8 +564,27 @@ async def test_a_postgres_role_that_may_do_more_than_read_is_refused(
         )
     finally:
         await verifier.close()
-    assert verdict.status.value == "invalid_spec"
+    assert verdict.status.value == "unavailable"
     assert "superuser" in verdict.feedback
+
+
+async def test_a_database_that_cannot_be_reached_makes_items_unavailable(
+    judge: tuple[SqlVerifier, LocalSandbox],
+) -> None:
+    _, sandbox = judge
+    nothing_there = shared_dir("assay-no-pg-")
+    verifier = SqlVerifier(
+        postgres={"gone": f"host={nothing_there} dbname=gone user=x password=y"}, workers=1
+    )
+    try:
+        spec = SqlSpec(database="gone", gold_sql="SELECT 1")
+        assert verifier.check(spec, sandbox) is None
+        verdict = await verifier.verify("SELECT 1", spec, sandbox)
+    finally:
+        await verifier.close()
+        shutil.rmtree(nothing_there, ignore_errors=True)
+    assert verdict.status.value == "unavailable"
+    assert "cannot open gone" in verdict.feedback
 
 
 RUNAWAY: list[tuple[str, str, str]] = [
