@@ -7,9 +7,10 @@ from assay.verifiers.code import CodeVerifier
 from assay.verifiers.dafny import DafnyVerifier
 from assay.verifiers.extract import ExtractError, extract
 from assay.verifiers.lean import LeanVerifier
+from assay.verifiers.sql import SqlVerifier
 
 VERIFIERS: dict[str, type[Verifier]] = {
-    v.name: v for v in (CodeVerifier, DafnyVerifier, LeanVerifier)
+    v.name: v for v in (CodeVerifier, DafnyVerifier, LeanVerifier, SqlVerifier)
 }
 """Every verifier this version knows, by name."""
 
@@ -19,6 +20,7 @@ __all__ = [
     "DafnyVerifier",
     "ExtractError",
     "LeanVerifier",
+    "SqlVerifier",
     "Status",
     "Verdict",
     "Verifier",
