@@ -214,7 +214,7 @@ class DockerSandbox:
     # -- engine --------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        import docker  # type: ignore[import-untyped]  # the docker extra; imported here so the rest of assay runs without it
+        import docker  # the docker extra; imported here so the rest of assay runs without it
 
         try:
             client = (

@@ -23,7 +23,7 @@ LOCAL_BASE = "localhost/debian:bookworm"
 
 
 def _answers(url: str) -> bool:
-    import docker  # type: ignore[import-untyped]
+    import docker
 
     if url.startswith("unix://") and not os.path.exists(url.removeprefix("unix://")):
         return False
@@ -74,7 +74,7 @@ def engine() -> Iterator[str | None]:
 
 def base_image(url: str) -> str:
     """The base the images build FROM here: the local one where no registry is reachable."""
-    import docker  # type: ignore[import-untyped]
+    import docker
 
     with contextlib.closing(docker.DockerClient(base_url=url, timeout=60)) as client:
         try:
@@ -86,7 +86,7 @@ def base_image(url: str) -> str:
 
 def build(url: str, family: str, tag: str | None = None) -> str:
     """Build `sandboxes/images/<family>` (once: an existing tag is reused) and return its tag."""
-    import docker  # type: ignore[import-untyped]
+    import docker
 
     tag = tag or f"localhost/assay-{family}:test"
     base = base_image(url)
