@@ -228,6 +228,12 @@ class DockerSandbox:
         except Exception:
             raise
         self._client = client
+        # A runner exits only when its service went away without removing it: garbage.
+        for stale in client.containers.list(
+            all=True, filters={"label": _LABEL, "status": "exited"}
+        ):
+            with contextlib.suppress(docker.errors.DockerException):
+                stale.remove(force=True)
         for image in self.images:
             try:
                 out = client.containers.run(
@@ -291,6 +297,9 @@ class DockerSandbox:
             ipc_mode="private",
             working_dir="/work",
             labels={_LABEL: str(os.getpid())},
+            # The runner ends when its stdin closes, so a container outlives no service, even
+            # one that was killed before it could remove its containers.
+            auto_remove=True,
         )
 
     async def _attach(self, container: Any) -> _Attached:
