@@ -38,7 +38,7 @@ def engine_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def python_image(engine_url: str) -> str:
-    return build(engine_url, "python")
+    return build(engine_url, "toolchain", tag="localhost/assay-python:test")
 
 
 @pytest.fixture
