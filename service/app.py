@@ -24,6 +24,7 @@ from assay.clients.schema import (
     ScoreResponse,
     VerifiersResponse,
 )
+from assay.sandboxes.base import Sandbox
 from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
@@ -203,15 +204,32 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
-    """The Engine and sandbox that `settings` describe."""
-    sandbox = LocalSandbox(
+def build_sandbox(settings: Settings) -> Sandbox:
+    """The sandbox backend that `settings` name."""
+    if settings.sandbox == "docker":
+        from assay.sandboxes.docker import DockerSandbox
+
+        return DockerSandbox(
+            settings.docker_images,
+            base_url=settings.docker_host,
+            containers_per_image=settings.docker_containers_per_image,
+            max_uses=settings.docker_max_uses,
+            container_memory_mb=settings.docker_memory_mb,
+            container_pids=settings.docker_pids,
+            cpus=settings.docker_cpus,
+        )
+    return LocalSandbox(
         isolation="unsandboxed" if settings.sandbox == "unsandboxed" else "bwrap",
         max_jobs=settings.sandbox_jobs,
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+
+
+def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
+    """The Engine, its verifiers and sandbox that `settings` describe."""
+    sandbox = build_sandbox(settings)
     verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
     verifiers["lean"] = lean_verifier(settings)
     verifiers["dafny"] = DafnyVerifier(
@@ -415,4 +433,4 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-__all__ = ["app_from_env", "build_engine", "create_app"]
+__all__ = ["app_from_env", "build_engine", "build_sandbox", "create_app"]

@@ -22,11 +22,27 @@ class Settings(BaseSettings):
         default_factory=list,
         description="When non-empty, every /v1/* call needs `Authorization: Bearer <key>`.",
     )
-    sandbox: Literal["local", "unsandboxed"] = Field(
+    sandbox: Literal["local", "docker", "unsandboxed"] = Field(
         default="local",
-        description="`local`: bubblewrap. `unsandboxed`: run untrusted code bare (an explicit "
+        description="`local`: bubblewrap. `docker`: warm language containers through the Docker "
+        "Engine API (`docker_*` settings). `unsandboxed`: run untrusted code bare (an explicit "
         "operator's choice for machines without bubblewrap; never a fallback).",
     )
+    docker_host: str | None = Field(
+        default=None,
+        description="The engine's API (`unix:///var/run/docker.sock`); default: DOCKER_HOST.",
+    )
+    docker_images: list[str] = Field(
+        default_factory=lambda: ["assay/python"],
+        description="Language images; a job goes to the first whose PATH has its program.",
+    )
+    docker_containers_per_image: int = Field(
+        default_factory=_cores, ge=1, description="Warm containers per image, at most."
+    )
+    docker_max_uses: int = Field(default=500, ge=1, description="Jobs per container.")
+    docker_memory_mb: int = Field(default=1024, ge=64, description="Memory per container.")
+    docker_pids: int = Field(default=128, ge=8, description="Processes per container.")
+    docker_cpus: float = Field(default=1.0, gt=0, description="CPUs per container.")
     sandbox_jobs: int = Field(
         default_factory=lambda: 2 * _cores(), ge=1, description="Sandbox jobs running at once."
     )
