@@ -340,6 +340,11 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         for name, lang in verifier.facts.get("languages", {}).items():
             mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
             print(f"  {name}: {mark}")
+        for engine, info in verifier.facts.get("engines", {}).items():  # sql
+            names = verifier.facts.get("databases", {}).get(engine, [])
+            mark = "yes" if info.get("available") else f"no ({info.get('reason', '')})"
+            shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            print(f"  {engine}: {mark}; databases: {shown or 'none'}")
     box = listing.sandbox
     if box:
         cap = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AssayError(Exception):
@@ -193,10 +193,108 @@ class LeanSpec(SpecModel):
         return self
 
 
+DAFNY_FORBID = (
+    "assume",
+    "expect",
+    "bodiless",
+    "decreases *",
+    "include",
+    "{:axiom}",
+    "{:verify false}",
+    "{:extern}",
+    "{:options}",
+    "{:only}",
+    "{:autoReq}",
+    "{:imported}",
+    "{:*}",
+)
+"""What a Dafny program may not use by default: each way Dafny accepts a claim without
+proving it (docs/dafny.md). `{:*}` is every attribute not known to be sound."""
+_DAFNY_CONSTRUCT = re.compile(r"assume|expect|bodiless|decreases \*|include|\{:(\*|[A-Za-z_]\w*)\}")
+
+
+class DafnySpec(SpecModel):
+    reference: str | None = Field(
+        default=None,
+        description="A program whose specification the completion must keep: signatures, "
+        "requires/ensures/decreases/reads/modifies clauses, function bodies, types, constants.",
+    )
+    forbid: list[str] = Field(
+        default_factory=lambda: list(DAFNY_FORBID),
+        description="Constructs that make the answer `forbidden` (those the reference has "
+        "itself may be kept).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="For the whole check.")
+
+    @field_validator("forbid")
+    @classmethod
+    def _known_constructs(cls, forbid: list[str]) -> list[str]:
+        for item in forbid:
+            if item != "{:verify false}" and not _DAFNY_CONSTRUCT.fullmatch(item):
+                raise ValueError(
+                    f"unknown construct {item!r}: one of assume, expect, bodiless, "
+                    "`decreases *`, include, `{:name}`, `{:verify false}`, `{:*}`"
+                )
+        return forbid
+
+
+SqlDialect = Literal["sqlite", "duckdb", "postgres"]
+
+
+class SqlSpec(SpecModel):
+    """The `sql` verifier's spec (API.md, sql): a predicted query judged by its result."""
+
+    gold_sql: str | None = Field(default=None, min_length=1, max_length=1 << 20)
+    expected_rows: list[list[Any]] | None = None
+    database: str | None = Field(default=None, pattern=r"^[\w.-]{1,200}$")
+    databases: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[\w.-]{1,200}$")]],
+            Field(min_length=1, max_length=64),
+        ]
+        | None
+    ) = None
+    setup_sql: str | None = Field(default=None, min_length=1, max_length=16 << 20)
+    dialect: SqlDialect | None = Field(
+        default=None,
+        description="The engine: by default the named database's, or sqlite for `setup_sql`.",
+    )
+    transpile_from: SqlDialect | None = Field(
+        default=None,
+        description="The predicted query is written in this dialect: sqlglot transpiles it.",
+    )
+    order_matters: bool | None = None
+    compare: Literal["set", "multiset"] = "set"
+    column_permutations: bool = False
+    float_tol: float = Field(default=1e-6, ge=0, le=1)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    empty_gold: Literal["score", "zero"] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> SqlSpec:
+        if (self.gold_sql is None) == (self.expected_rows is None):
+            raise ValueError("give exactly one of `gold_sql` and `expected_rows`")
+        given = [self.database, self.databases, self.setup_sql]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of `database`, `databases` and `setup_sql`")
+        if self.setup_sql is not None and self.dialect == "postgres":
+            raise ValueError("`setup_sql` builds SQLite or DuckDB databases; name a postgres one")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The named databases this spec runs on (none for `setup_sql`)."""
+        if self.databases is not None:
+            return list(self.databases)
+        return [self.database] if self.database is not None else []
+
+
 __all__ = [
+    "DAFNY_FORBID",
     "UNJUDGED",
     "AssayError",
     "CodeSpec",
+    "DafnySpec",
     "Extract",
     "FenceExtract",
     "IOTest",
@@ -208,6 +306,8 @@ __all__ = [
     "ScoreResponse",
     "ScoreResult",
     "SpecModel",
+    "SqlDialect",
+    "SqlSpec",
     "Status",
     "TagExtract",
     "VerifierInfo",

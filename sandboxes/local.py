@@ -79,6 +79,7 @@ ETC_ALLOWED = (
     "localtime",
     "magic*",
     "mime.types",
+    "mono",
     "nsswitch.conf",
     "os-release",
     "passwd",

@@ -28,7 +28,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, Verifier
+from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, Verifier
 from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
@@ -214,6 +214,23 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     )
     verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
     verifiers["lean"] = lean_verifier(settings)
+    verifiers["dafny"] = DafnyVerifier(
+        settings.dafny_home,
+        runtime=settings.dafny_runtime,
+        servers=settings.dafny_servers,
+        server_uses=settings.dafny_server_uses,
+        memory_mb=settings.dafny_memory_mb,
+        use_server=settings.dafny_server,
+    )
+    verifiers["sql"] = SqlVerifier(
+        data_dir=settings.sql_data_dir,
+        duckdb=settings.sql_duckdb,
+        postgres=settings.sql_postgres,
+        empty_gold=settings.sql_empty_gold,
+        workers=settings.sql_workers,
+        worker_memory_mb=settings.sql_worker_memory_mb,
+        max_rows=settings.sql_max_rows,
+    )
     # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
     concurrency = {"lean": settings.lean_pool_size, **settings.concurrency}
     return Engine(

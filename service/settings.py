@@ -120,6 +120,52 @@ class Settings(BaseSettings):
     lean_kimina_url: str | None = Field(default=None, description="The Kimina Lean Server.")
     lean_kimina_api_key: str | None = None
 
+    dafny_home: str = Field(
+        default="/usr/lib/dafny",
+        description="The Dafny installation: 2.x (DafnyServer.exe, run by `dafny_runtime`) or "
+        "4.x (its `dafny` program); its version is read from DafnyPipeline.dll.",
+    )
+    dafny_runtime: str = Field(default="/usr/bin/cli", description="Mono, for Dafny 2.x.")
+    dafny_servers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        description="Warm Dafny 2.x servers (each verifies one program at a time).",
+    )
+    dafny_server_uses: int = Field(
+        default=200,
+        ge=1,
+        description="Programs a Dafny server verifies before it is replaced (its memory grows).",
+    )
+    dafny_server: bool = Field(
+        default=True, description="Keep Dafny 2.x warm in servers; false: one process a program."
+    )
+    dafny_memory_mb: int = Field(
+        default=2048, ge=256, description="Memory of a Dafny server or run, z3 included."
+    )
+
+    sql_data_dir: str | None = Field(
+        default=None,
+        description="SQLite databases by name: `<dir>/<db_id>/<db_id>.sqlite` (BIRD, Spider).",
+    )
+    sql_duckdb: dict[str, str] = Field(
+        default_factory=dict, description="DuckDB databases by name: JSON map name -> file."
+    )
+    sql_postgres: dict[str, str] = Field(
+        default_factory=dict,
+        description="PostgreSQL databases by name: JSON map name -> libpq DSN reaching the "
+        "server over its Unix socket (host=/dir), as a role that may only read.",
+    )
+    sql_empty_gold: Literal["score", "zero"] = Field(
+        default="score",
+        description="Default of the sql spec's `empty_gold`: whether an empty result matching "
+        "an empty gold result earns the reward.",
+    )
+    sql_workers: int = Field(
+        default_factory=lambda: 2 * _cores(), ge=1, description="Warm sandboxed DB workers."
+    )
+    sql_worker_memory_mb: int = Field(default=1024, ge=128, description="Memory of a DB worker.")
+    sql_max_rows: int = Field(default=100_000, ge=1, description="Rows a query may return.")
+
     @model_validator(mode="after")
     def _kimina_has_a_url(self) -> Settings:
         if self.lean_backend == "kimina" and not self.lean_kimina_url:

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from assay.verifiers.dafny import read_version
 from tests.conftest import needs_bwrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +51,29 @@ def test_lean_overhead_benchmark_runs_and_agrees(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["assay_passed"] == report["plain_passed"] == 20
     assert "| ratio (assay / plain) |" in done.stdout
+
+
+def test_dafny_pool_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    if read_version("/usr/lib/dafny") is None:
+        pytest.skip("Dafny is not installed (scripts/install does it)")
+    out = tmp_path / "dafny_pool.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "dafny_pool.py"),
+            "--items",
+            "10",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    (round_,) = json.loads(out.read_text())["rounds"]
+    assert round_["items"] == 10
+    assert round_["disagreements"] == []
+    assert round_["cached"] == 1  # the 10% exact copy
+    assert set(round_["statuses"]) <= {"passed", "failed"}
+    assert round_["statuses"]["passed"] >= 1
