@@ -741,7 +741,8 @@ class KiminaBackend:
     async def check(self, job: Job, sandbox: Sandbox) -> Checked:
         nonce = self._nonce()
         header = header_command(job.split.imports, job.header_rest, nonce, self.kernel_replay)
-        parts = [("header", header)]
+        start = f"{nonce}-start"  # lists the header's own declarations, as the REPL backend does
+        parts = [("header", header), ("listing", probe_command(nonce, "", "", [], False, start))]
         reference = ""
         if job.statement is not None:
             reference = f"assay_ref_{nonce}_0"
@@ -749,8 +750,6 @@ class KiminaBackend:
         parts.append(("completion", job.split.body))
         tag = f"{nonce}-1"
         target = job.statement.name if job.statement is not None else ""
-        # The header's own declarations cannot be listed before the snippet runs: with this
-        # backend they count as the completion's (assay's own hold the nonce and are skipped).
         parts.append(
             ("probe", probe_command(nonce, target, reference, [], self.kernel_replay, tag))
         )
@@ -798,7 +797,8 @@ class KiminaBackend:
             return span[0] <= line <= span[1]
 
         probe_messages = [m for m in messages if inside(m, lines["probe"])]
-        other = [m for m in messages if not inside(m, lines["probe"])]
+        listing_messages = [m for m in messages if inside(m, lines["listing"])]
+        other = [m for m in messages if not inside(m, lines["probe"]) and m not in listing_messages]
         reference_errors = [
             m
             for m in other
@@ -836,10 +836,15 @@ class KiminaBackend:
         if early is not None:
             return Checked(early)
         try:
+            listed = parse_probe({"env": 0, "messages": listing_messages}, start)
             probe = parse_probe({"env": 0, "messages": probe_messages}, tag)
         except ProbeError as exc:
             raise SandboxError(f"assay's environment check failed: {exc}") from exc
-        return Checked(probe=probe)
+        # The header's own declarations are not the completion's (their axioms still count in
+        # the union the probe computes: list them in the spec's `axioms`).
+        known = {name for name, _ in listed.decls}
+        decls = [(name, kind) for name, kind in probe.decls if name not in known]
+        return Checked(probe=Probe(decls, probe.axioms, probe.statement, probe.replay))
 
 
 def _kimina_response(raw: Any) -> CommandResponse:

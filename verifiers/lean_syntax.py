@@ -504,11 +504,6 @@ def _line_offsets(text: str) -> list[int]:
     return offsets
 
 
-def normalize(text: str) -> str:
-    """Whitespace-normalised text: runs of whitespace become one space."""
-    return " ".join(text.split())
-
-
 def same_tokens(a: str, b: str) -> bool:
     """Whether two texts are the same Lean tokens (whitespace and comments aside: `0<x` and
     `0 < x` are the same, `f ab` and `f a b` are not)."""
@@ -523,7 +518,6 @@ __all__ = [
     "Statement",
     "Token",
     "Violation",
-    "normalize",
     "parse_statement",
     "same_tokens",
     "sorry_ax_at",

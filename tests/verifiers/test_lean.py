@@ -704,15 +704,34 @@ async def test_kimina_backend_applies_the_same_checks() -> None:
         probe = json.dumps(
             {
                 "tag": "k1-1",
-                "decls": [{"name": "mathd_numbertheory_188", "kind": "theorem"}],
+                "decls": [
+                    {"name": "given", "kind": "def"},
+                    {"name": "mathd_numbertheory_188", "kind": "theorem"},
+                ],
                 "axioms": [*STANDARD, "Lean.ofReduceBool"],
                 "statement": {"found": True, "kind": "theorem", "same": True},
+                "replay": [],
+            }
+        )
+        listing_line = next(i for i, t in enumerate(lines) if '"k1-start"' in t) + 1
+        listing = json.dumps(
+            {
+                "tag": "k1-start",
+                "decls": [{"name": "given", "kind": "def"}],
+                "axioms": [],
+                "statement": None,
                 "replay": [],
             }
         )
         response = {
             "env": 0,
             "messages": [
+                {
+                    "severity": "info",
+                    "pos": {"line": listing_line, "column": 0},
+                    "endPos": {"line": listing_line, "column": 1},
+                    "data": "ASSAY-PROBE " + listing,
+                },
                 {
                     "severity": "warning",
                     "pos": {"line": completion_line, "column": 8},
@@ -741,6 +760,7 @@ async def test_kimina_backend_applies_the_same_checks() -> None:
         await verifier.close()
     assert verdict.status is Status.FORBIDDEN
     assert "Lean.ofReduceBool" in verdict.feedback
+    assert verdict.details["declarations"] == ["mathd_numbertheory_188"]  # not the header's
     code = seen[0]["snippets"][0]["code"]
     assert code.startswith("import Mathlib\nimport Lean\n")
     assert 'assay_probe_k1 "mathd_numbertheory_188" "assay_ref_k1_0"' in code
