@@ -6,6 +6,7 @@ exception tree.
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -145,6 +146,36 @@ class CodeSpec(SpecModel):
         return not self.partial_credit if self.stop_on_fail is None else self.stop_on_fail
 
 
+SvgMetric = Literal["pixel", "ssim", "edge"]
+
+
+class SvgSpec(SpecModel):
+    reference_svg: str | None = Field(default=None, max_length=1 << 20)
+    reference_png: str | None = Field(
+        default=None, max_length=16 << 20, description="The target as a base64 PNG."
+    )
+    size: int = Field(default=256, ge=16, le=1024)
+    weights: dict[SvgMetric, float] = Field(default_factory=lambda: {"pixel": 0.5, "ssim": 0.5})
+    length_penalty: float = Field(default=0.0, ge=0, le=1)
+    allow_text: bool = False
+    pass_threshold: float = Field(default=0.99, gt=0, le=1)
+    return_images: bool = False
+    time_limit_s: float = Field(default=10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> SvgSpec:
+        if (self.reference_svg is None) == (self.reference_png is None):
+            raise ValueError("give exactly one of `reference_svg` and `reference_png`")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("`weights` must be non-negative with a positive sum")
+        if self.reference_png is not None:
+            try:
+                base64.b64decode(self.reference_png, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"`reference_png` is not base64: {exc}") from None
+        return self
+
+
 __all__ = [
     "UNJUDGED",
     "AssayError",
@@ -158,6 +189,8 @@ __all__ = [
     "ScoreResponse",
     "ScoreResult",
     "SpecModel",
+    "SvgMetric",
+    "SvgSpec",
     "Status",
     "TagExtract",
     "VerifierInfo",

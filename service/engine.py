@@ -223,6 +223,10 @@ class Engine:
         return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())
 
     async def close(self) -> None:
+        for verifier in self.verifiers.values():  # warm tools (the svg renderers) first
+            close = getattr(verifier, "close", None)
+            if close is not None:
+                await close()
         await self.sandbox.close()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from assay.verifiers.base import Status, Verdict, Verifier
 from assay.verifiers.code import CodeVerifier
 from assay.verifiers.extract import ExtractError, extract
+from assay.verifiers.svg import SvgVerifier
 
-VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier,)}
+VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier, SvgVerifier)}
 """Every verifier this version knows, by name."""
 
-__all__ = ["VERIFIERS", "CodeVerifier", "ExtractError", "Status", "Verdict", "Verifier", "extract"]
+__all__ = ["VERIFIERS", "CodeVerifier", "ExtractError", "Status",
+    "SvgVerifier", "Verdict", "Verifier", "extract"]
