@@ -40,7 +40,7 @@ from pydantic import BaseModel
 
 from assay.clients.schema import SvgSpec
 from assay.sandboxes.base import Limits, Sandbox, ToolProcess, ToolSpec
-from assay.sandboxes.errors import SandboxError
+from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 from assay.sandboxes.pool import WorkerPool
 from assay.verifiers.base import Status, Verdict, clip
 
@@ -103,6 +103,8 @@ class _Worker:
                 raise asyncio.IncompleteReadError(b"", None)
             answer = json.loads(line)
             if not answer["ok"]:
+                if answer["status"] == "memory_limit":  # the worker exits after saying so
+                    raise _WorkerGone(Status.MEMORY_LIMIT, answer["reason"])
                 return Render(status=Status(answer["status"]), reason=answer["reason"])
             raw = await self.tool.stdout.readexactly(int(answer["len"]))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
@@ -277,7 +279,9 @@ class SvgVerifier:
     # -- rendering -----------------------------------------------------------------------------
 
     def _tool_spec(self) -> ToolSpec:
-        assert self._site_packages is not None
+        reason = self._renderer_missing()
+        if reason is not None or self._site_packages is None:
+            raise SandboxUnavailable(reason or "the svg renderer is not installed")
         return ToolSpec(
             argv=("python3", "-s", "svg_render.py"),
             files={"svg_render.py": _WORKER_SOURCE},
@@ -391,6 +395,7 @@ class SvgVerifier:
             "pixel": round(scores["pixel"], 6),
             "ssim": round(scores["ssim"], 6),
             "edge": round(scores["edge"], 6),
+            "ssim_raw": round(scores["ssim_raw"], 6),
             "weights": dict(spec.weights),
             "similarity": round(similarity, 6),
             "size": spec.size,

@@ -9,9 +9,12 @@ Every metric compares two RGB images of the same size (on white) and lies in [0,
   variance and normalises to zeros; when both images are of one colour in every channel, the
   plain `1 - ||a - b||_2 / sqrt(N)` on [0, 1] values is used instead, so that two different
   plain colours do not count as equal.
-- `ssim`: the structural similarity of Wang et al. (2004) on the grey (luma) images, as the
-  paper defines it: Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, valid
-  windows only; clipped to [0, 1]. Colour is the `pixel` term's job. Hand-written (15 lines of the paper's formula) rather than torchmetrics', which
+- `ssim`: the structural similarity of Wang et al. (2004): Gaussian window 11, sigma 1.5,
+  K1 = 0.01, K2 = 0.03, data range 1, valid windows only, per channel then averaged (so that
+  a recoloured shape loses, which the `pixel` term's normalisation does not see), then
+  rescaled so that a blank white canvas scores 0: `max(0, (s - s0) / (1 - s0))` with s0 the
+  SSIM of white against the target. Raw SSIM pays an icon's empty background (70 to 80 % of
+  a 24 px icon) to an empty answer; `ssim_raw` in `details` is the unscaled value. Hand-written (15 lines of the paper's formula) rather than torchmetrics', which
   would bring lightning-utilities and a second torch version floor for one function.
 - `edge`: the `pixel` formula on Sobel gradient magnitudes of the grey images (RLRF applies its
   reconstruction term to edge maps too); 0 when either image has no edge at all, 1 when neither
@@ -49,18 +52,28 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,c->bhw", x, weights)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM of the grey images, per image of two batches (B, 3, H, W) in [0, 1]."""
-    ga, gb = grey(a), grey(b)
-    h, w = ga.shape[1:]
+def ssim(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM per image of two batches (B, C, H, W) in [0, 1], each channel on its own then
+    averaged; and the SSIM that a blank white canvas would get against `b`."""
+    n, c, h, w = a.shape
     rows, cols = _band(h, a.device), _band(w, a.device)
-    planes = torch.stack([ga, gb, ga * ga, gb * gb, ga * gb], 1)  # (B, 5, H, W)
-    mu_a, mu_b, aa, bb, ab = (rows @ planes @ cols.T).unbind(1)
+    planes = torch.cat([a, b, a * a, b * b, a * b], 1)  # (B, 5C, H, W)
+    mu_a, mu_b, aa, bb, ab = (rows @ planes @ cols.T).split(c, dim=1)
     c1, c2 = 0.01**2, 0.03**2
     var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).mean(dim=(1, 2)).clamp(0, 1)
+    score = (num / den).mean(dim=(1, 2, 3)).clamp(0, 1)
+    # White: mean 1, no variance, no covariance.
+    blank = ((2 * mu_b + c1) * c2) / ((1 + mu_b**2 + c1) * (var_b + c2))
+    return score, blank.mean(dim=(1, 2, 3)).clamp(0, 1)
+
+
+def above_blank(score: torch.Tensor, blank: torch.Tensor) -> torch.Tensor:
+    """`score` rescaled so that what a blank canvas gets is 0 and a perfect match 1."""
+    room = 1 - blank
+    rescaled = (score - blank) / room.clamp_min(1e-6)
+    return torch.where(room > 1e-6, rescaled.clamp(0, 1), score)
 
 
 def _normalised_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,12 +145,18 @@ def compare(
     """Every metric for each (render, target) pair; images uint8 (H, W, 3), one size per call."""
     on = on or device()
     a, b = to_float(renders, on), to_float(targets, on)
-    scores = {"pixel": pixel(a, b), "ssim": ssim(a, b), "edge": edge(a, b)}
+    structural, blank = ssim(a, b)
+    scores = {
+        "pixel": pixel(a, b),
+        "ssim": above_blank(structural, blank),
+        "edge": edge(a, b),
+        "ssim_raw": structural,
+    }
     flat_render = (a.flatten(2).amax(2) - a.flatten(2).amin(2)).amax(1) == 0
     table = {k: v.cpu().tolist() for k, v in scores.items()}
-    blank = flat_render.cpu().tolist()
+    plain = flat_render.cpu().tolist()
     return [
-        {**{k: float(table[k][i]) for k in METRICS}, "flat": float(blank[i])}
+        {**{k: float(v[i]) for k, v in table.items()}, "flat": float(plain[i])}
         for i in range(len(renders))
     ]
 

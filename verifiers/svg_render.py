@@ -134,9 +134,13 @@ def render_svg(data: bytes, size: int, allow_text: bool) -> bytes:
         surface = PNGSurface(
             tree, None, 96, output_width=size, output_height=size, background_color="white"
         )
-    except (MemoryError, RecursionError):
-        raise
+    except RecursionError:
+        raise Refused("format_error", "it is nested too deeply to render") from None
+    except MemoryError:
+        raise Refused("memory_limit", "the renderer ran out of memory") from None
     except Exception as exc:
+        if "NO_MEMORY" in str(exc):  # cairo could not allocate a surface
+            raise Refused("memory_limit", "the renderer ran out of memory") from None
         raise Refused("format_error", f"it does not render: {type(exc).__name__}: {exc}") from None
     cairo = surface.cairo
     cairo.flush()
@@ -188,6 +192,8 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
             answer = {"ok": False, "status": exc.status, "reason": exc.reason[:1500]}
             answers.write(json.dumps(answer).encode() + b"\n")
             answers.flush()
+            if exc.status == "memory_limit":
+                return  # whatever it holds now, a fresh worker takes the next request
             continue
         ms = (time.perf_counter() - started) * 1000
         answers.write(json.dumps({"ok": True, "len": len(pixels), "ms": round(ms, 2)}).encode())
