@@ -149,13 +149,17 @@ class CodeSpec(SpecModel):
 SvgMetric = Literal["pixel", "ssim", "edge"]
 
 
+def _svg_weights() -> dict[SvgMetric, float]:
+    return {"pixel": 0.5, "ssim": 0.5}
+
+
 class SvgSpec(SpecModel):
     reference_svg: str | None = Field(default=None, max_length=1 << 20)
     reference_png: str | None = Field(
         default=None, max_length=16 << 20, description="The target as a base64 PNG."
     )
     size: int = Field(default=256, ge=16, le=1024)
-    weights: dict[SvgMetric, float] = Field(default_factory=lambda: {"pixel": 0.5, "ssim": 0.5})
+    weights: dict[SvgMetric, float] = Field(default_factory=_svg_weights)
     length_penalty: float = Field(default=0.0, ge=0, le=1)
     allow_text: bool = False
     pass_threshold: float = Field(default=0.99, gt=0, le=1)

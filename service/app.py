@@ -21,6 +21,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.verifiers import VERIFIERS, SvgVerifier, Verifier
 
 log = logging.getLogger("assay.service")
 
@@ -91,9 +92,18 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+    verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
+    verifiers["svg"] = SvgVerifier(
+        workers=settings.svg_workers,
+        memory_mb=settings.svg_worker_memory_mb,
+        device=settings.svg_device,
+    )
     return Engine(
         sandbox,
-        concurrency=settings.concurrency,
+        verifiers=verifiers,
+        # svg items mostly wait for a renderer and for their batch's comparison: many at once
+        # keep the renderers busy and the batches full.
+        concurrency={"svg": 32 * settings.svg_workers, **settings.concurrency},
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,
         max_item_s=settings.max_item_s,

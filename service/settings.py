@@ -55,3 +55,14 @@ class Settings(BaseSettings):
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
+    svg_workers: int = Field(
+        default_factory=_cores, ge=1, description="Warm sandboxed SVG renderers (svg verifier)."
+    )
+    svg_worker_memory_mb: int = Field(
+        default=768, ge=128, description="Memory limit of each SVG renderer."
+    )
+    svg_device: str | None = Field(
+        default=None,
+        description="torch device for the svg verifier's image metrics; default: cuda if there "
+        "is one, else cpu.",
+    )

@@ -10,5 +10,13 @@ from assay.verifiers.svg import SvgVerifier
 VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier, SvgVerifier)}
 """Every verifier this version knows, by name."""
 
-__all__ = ["VERIFIERS", "CodeVerifier", "ExtractError", "Status",
-    "SvgVerifier", "Verdict", "Verifier", "extract"]
+__all__ = [
+    "VERIFIERS",
+    "CodeVerifier",
+    "ExtractError",
+    "Status",
+    "SvgVerifier",
+    "Verdict",
+    "Verifier",
+    "extract",
+]

@@ -31,7 +31,6 @@ import io
 import json
 import logging
 import os
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -142,9 +141,11 @@ class _Batcher:
         return await future
 
     async def _drain(self) -> None:
+        import torch
+
         from assay.verifiers import svg_metrics
 
-        on = svg_metrics.device() if self.device is None else svg_metrics.torch.device(self.device)
+        on = svg_metrics.device() if self.device is None else torch.device(self.device)
         while self._pending:
             await asyncio.sleep(0)  # let the items rendered in this tick join
             by_size: dict[tuple[int, ...], list[Any]] = collections.defaultdict(list)
@@ -173,7 +174,7 @@ class _Batcher:
 
 def _site_packages() -> str:
     """Where cairosvg and its dependencies are installed for the workers to import."""
-    import cairosvg
+    import cairosvg  # type: ignore[import-untyped]
 
     return str(Path(cairosvg.__file__).resolve().parent.parent)
 
@@ -225,7 +226,8 @@ class SvgVerifier:
         self._references: collections.OrderedDict[tuple[str, str, int], asyncio.Future[Render]]
         self._references = collections.OrderedDict()
         self._reference_cache = reference_cache
-        self._missing: str | None | bool = False  # False: not looked at yet
+        self._missing: str | None = None
+        self._looked = False
 
     # -- the Verifier protocol -----------------------------------------------------------------
 
@@ -237,15 +239,14 @@ class SvgVerifier:
         return 2 * spec.time_limit_s + _START_S + 30.0
 
     def _renderer_missing(self) -> str | None:
-        if self._missing is False:
+        if not self._looked:
+            self._looked = True
             try:
                 self._site_packages = self._site_packages or _site_packages()
                 import torch  # noqa: F401
 
-                self._missing = None
             except ImportError as exc:
                 self._missing = f"the svg verifier needs assay[svg] installed: {exc}"
-        assert self._missing is not False
         return self._missing
 
     def check(self, spec: SvgSpec, sandbox: Sandbox) -> str | None:
@@ -377,7 +378,8 @@ class SvgVerifier:
             if reference.status in (Status.FORMAT_ERROR, Status.FORBIDDEN):
                 return Verdict.unjudged(Status.INVALID_SPEC, f"{which}: {reference.reason}")
             return Verdict.unjudged(
-                Status.INTERNAL_ERROR, f"{which} could not be rendered: {reference.reason}",
+                Status.INTERNAL_ERROR,
+                f"{which} could not be rendered: {reference.reason}",
                 retryable=True,
             )
         if render.pixels is None:
@@ -387,7 +389,12 @@ class SvgVerifier:
         return await self._verdict(payload, spec, render, reference, scores)
 
     async def _verdict(
-        self, payload: str, spec: SvgSpec, render: Render, reference: Render, scores: dict[str, float]
+        self,
+        payload: str,
+        spec: SvgSpec,
+        render: Render,
+        reference: Render,
+        scores: dict[str, float],
     ) -> Verdict:
         total = sum(spec.weights.values())
         similarity = sum(w * scores[m] for m, w in spec.weights.items()) / total
@@ -432,7 +439,9 @@ class SvgVerifier:
         shown = ", ".join(f"{m} {scores[m]:.3f}" for m in ("pixel", "ssim", "edge"))
         if details.get("plain"):
             return Verdict(
-                Status.FAILED, 0.0, "the render is one plain colour (empty or a background)",
+                Status.FAILED,
+                0.0,
+                "the render is one plain colour (empty or a background)",
                 details,
             )
         status = Status.PASSED if reward >= spec.pass_threshold else Status.FAILED

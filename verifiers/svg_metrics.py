@@ -14,8 +14,10 @@ Every metric compares two RGB images of the same size (on white) and lies in [0,
   a recoloured shape loses, which the `pixel` term's normalisation does not see), then
   rescaled so that a blank white canvas scores 0: `max(0, (s - s0) / (1 - s0))` with s0 the
   SSIM of white against the target. Raw SSIM pays an icon's empty background (70 to 80 % of
-  a 24 px icon) to an empty answer; `ssim_raw` in `details` is the unscaled value. Hand-written (15 lines of the paper's formula) rather than torchmetrics', which
-  would bring lightning-utilities and a second torch version floor for one function.
+  a 24 px icon) to an empty answer; `ssim_raw` in `details` is the unscaled value.
+  Hand-written (the paper's formula in 15 lines) rather than torchmetrics', which would bring
+  lightning-utilities and a second torch version floor for one function, and could not give
+  the blank canvas's score from the same filtered planes.
 - `edge`: the `pixel` formula on Sobel gradient magnitudes of the grey images (RLRF applies its
   reconstruction term to edge maps too); 0 when either image has no edge at all, 1 when neither
   has.
@@ -58,7 +60,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = a.shape
     rows, cols = _band(h, a.device), _band(w, a.device)
     planes = torch.cat([a, b, a * a, b * b, a * b], 1)  # (B, 5C, H, W)
-    mu_a, mu_b, aa, bb, ab = (rows @ planes @ cols.T).split(c, dim=1)
+    mu_a, mu_b, aa, bb, ab = (rows @ planes @ cols.T).chunk(5, dim=1)
     c1, c2 = 0.01**2, 0.03**2
     var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)

@@ -79,8 +79,8 @@ def _check_urls(text: str, where: str) -> None:
 
 def check(data: bytes, allow_text: bool) -> Any:
     """The parsed document, or `Refused` with the reason."""
-    from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import ParseError, fromstring
+    from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
+    from defusedxml.ElementTree import ParseError, fromstring  # type: ignore[import-untyped]
 
     if _STYLESHEET_PI.search(data):
         raise Refused("forbidden", "an <?xml-stylesheet?> refers to a style sheet outside")
@@ -124,8 +124,8 @@ def check(data: bytes, allow_text: bool) -> Any:
 
 def render_svg(data: bytes, size: int, allow_text: bool) -> bytes:
     check(data, allow_text)
-    from cairosvg.parser import Tree
-    from cairosvg.surface import PNGSurface
+    from cairosvg.parser import Tree  # type: ignore[import-untyped]
+    from cairosvg.surface import PNGSurface  # type: ignore[import-untyped]
 
     try:
         # cairosvg parses again with defusedxml (entities forbidden) and fetches only data:
@@ -206,7 +206,7 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    import cairosvg  # noqa: F401  - imported before the first request: a warm worker
+    import cairosvg  # type: ignore[import-untyped]  # noqa: F401 - warm before the first request
 
     answers.write(b'{"ready": true}\n')
     answers.flush()
