@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,7 +57,7 @@ def shifted(text: str, dx: float, dy: float) -> str:
 
 
 def recoloured(text: str) -> str:
-    return re.sub(r"#[0-9a-f]{6}", "#16a34a", text)
+    return re.sub(r"#(?!ffffff)[0-9a-f]{6}", "#16a34a", text)
 
 
 # One part of each icon taken away (a path, the handle, the flap, the hub, the door).
@@ -413,3 +416,47 @@ def test_a_server_keeps_serving_through_the_attacks() -> None:
             assert facts["svg"]["facts"]["pool"]["discarded"] >= 2
     finally:
         stop_server(server)
+
+
+def test_assay_score_writes_a_page_and_a_sheet_for_a_person(tmp_path: Path) -> None:
+    star = ICONS["star"]
+    rows = [
+        {"id": "same", "verifier": "svg", "completion": star, "spec": {"reference_svg": star}},
+        {
+            "id": "moved",
+            "verifier": "svg",
+            "completion": shifted(star, 1, 0),
+            "spec": {"reference_svg": star},
+        },
+        {"id": "broken", "verifier": "svg", "completion": "<svg", "spec": {"reference_svg": star}},
+    ]
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for report in ("batch.html", "sheet.png"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "assay.clients.cli",
+                "score",
+                str(source),
+                "-q",
+                "-o",
+                str(tmp_path / "out.jsonl"),
+                "--report",
+                str(tmp_path / report),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in results] == ["passed", "failed", "format_error"]
+        assert all("images" not in r["details"] for r in results)  # the items did not ask
+    page = (tmp_path / "batch.html").read_text()
+    assert page.count("<tr class=") == 3
+    assert page.count("data:image/png;base64,") == 6  # target, render, diff of two items
+    assert page.index(">same<") < page.index(">moved<") < page.index(">broken<")
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.height == 3 * (128 + 8) + 8
