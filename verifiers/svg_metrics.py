@@ -86,18 +86,17 @@ def _normalised_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor
     for a channel with variance (0 without) and sum(na * nb) = n * correlation, so
     ||na - nb||^2 = n * (ka + kb - 2 * ka * kb * correlation), ka, kb in {0, 1}."""
     n = a.shape[2] * a.shape[3]
-    a64, b64 = a.flatten(2).double(), b.flatten(2).double()
-    mean_a, mean_b = a64.mean(2), b64.mean(2)
-    var_a = (a64 * a64).mean(2) - mean_a**2
-    var_b = (b64 * b64).mean(2) - mean_b**2
-    cov = (a64 * b64).mean(2) - mean_a * mean_b
+    ca = a.flatten(2) - a.flatten(2).mean(2, keepdim=True)  # centred first: float32 suffices
+    cb = b.flatten(2) - b.flatten(2).mean(2, keepdim=True)
+    var_a, var_b = (ca * ca).mean(2), (cb * cb).mean(2)
+    cov = (ca * cb).mean(2)
     ka, kb = var_a > _EPS**2, var_b > _EPS**2
     corr = cov / (var_a.clamp_min(_EPS**2) * var_b.clamp_min(_EPS**2)).sqrt()
-    squared = n * (ka.double() + kb.double() - 2 * (ka & kb).double() * corr)
+    squared = n * (ka.float() + kb.float() - 2 * (ka & kb).float() * corr)
     total = a.shape[1] * n
     score = 1 - squared.sum(1).clamp_min(0).sqrt() / math.sqrt(total)
     flat = ~(ka.any(1) | kb.any(1))
-    return score.float().clamp(0, 1), flat
+    return score.clamp(0, 1), flat
 
 
 def pixel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

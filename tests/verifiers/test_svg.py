@@ -314,7 +314,7 @@ def test_the_metrics_on_known_images() -> None:
     assert all(s["pixel"] > 0.999 and s["ssim"] > 0.999 and s["edge"] > 0.999 for s in same)
     inverse = metrics.compare([255 - a[0]], [a[0]], torch.device("cpu"))[0]
     assert inverse["pixel"] == 0.0
-    assert inverse["edge"] < 1.0
+    assert inverse["edge"] > 0.99  # edges do not see which side is the dark one
     blank = metrics.compare([white], [a[0]], torch.device("cpu"))[0]
     assert blank["pixel"] == 0.0
     assert blank["ssim"] == 0.0
