@@ -27,6 +27,7 @@ import asyncio
 import base64
 import collections
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -77,6 +78,8 @@ class _Worker:
 
     @classmethod
     async def start(cls, sandbox: Sandbox, spec: ToolSpec) -> _Worker:
+        # torch takes a second or two to import: not on the event loop (a no-op after once).
+        await asyncio.to_thread(importlib.import_module, "torch")
         tool = await sandbox.spawn(spec)
         worker = cls(tool)
         try:
@@ -210,9 +213,9 @@ class SvgVerifier:
         workers: int | None = None,
         memory_mb: int = 768,
         max_uses: int = 2000,
-        max_batch: int = 256,
+        max_batch: int = 32,
         device: str | None = None,
-        reference_cache: int = 4096,
+        reference_cache_mb: int = 256,
         site_packages: str | None = None,
     ) -> None:
         self.workers = workers or max(1, os.cpu_count() or 1)
@@ -225,7 +228,7 @@ class SvgVerifier:
         self._pool_sandbox: Sandbox | None = None
         self._references: collections.OrderedDict[tuple[str, str, int], asyncio.Future[Render]]
         self._references = collections.OrderedDict()
-        self._reference_cache = reference_cache
+        self._reference_bytes = reference_cache_mb << 20
         self._missing: str | None = None
         self._looked = False
 
@@ -345,7 +348,8 @@ class SvgVerifier:
             self.render(sandbox, kind, data, spec.size, True, spec.time_limit_s)
         )
         self._references[key] = task
-        while len(self._references) > self._reference_cache:
+        # Bounded in bytes (an RGB render of `size` squared each), the oldest out first.
+        while len(self._references) > 1 and self._cached_bytes() > self._reference_bytes:
             self._references.popitem(last=False)
         try:
             result = await asyncio.shield(task)
@@ -356,6 +360,9 @@ class SvgVerifier:
         if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.RUNTIME_ERROR):
             self._references.pop(key, None)  # may be the machine's load; try again next time
         return result
+
+    def _cached_bytes(self) -> int:
+        return sum(3 * size * size for (_, _, size) in self._references)
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -409,7 +416,7 @@ class SvgVerifier:
             "render_ms": render.ms,
         }
         flat = bool(scores["flat"])
-        reference_flat = bool(reference.pixels.flatten(0, 1).float().std(0).amax() == 0)
+        reference_flat = bool(scores["flat_target"])
         reward = similarity
         if spec.reference_svg is not None:
             penalty = length_term(len(payload.strip()), len(spec.reference_svg.strip()))
@@ -427,12 +434,11 @@ class SvgVerifier:
         if spec.return_images:
             from assay.verifiers import svg_metrics
 
-            diff = svg_metrics.difference(render.pixels, reference.pixels)
             rendered, target, difference = await asyncio.to_thread(
                 lambda: (
                     png_base64(render.pixels),
                     png_base64(reference.pixels),
-                    png_base64(diff),
+                    png_base64(svg_metrics.difference(render.pixels, reference.pixels)),
                 )
             )
             details["images"] = {"render": rendered, "reference": target, "diff": difference}

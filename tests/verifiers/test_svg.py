@@ -460,3 +460,24 @@ def test_assay_score_writes_a_page_and_a_sheet_for_a_person(tmp_path: Path) -> N
     assert page.index(">same<") < page.index(">moved<") < page.index(">broken<")
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.height == 3 * (128 + 8) + 8
+
+
+@shared_loop
+async def test_an_editor_s_export_with_a_doctype_and_xlink_renders(
+    svg: SvgVerifier, box: LocalSandbox
+) -> None:
+    head, body = ICONS["settings"].split(">", 1)
+    hub = '<circle cx="12" cy="12" r="3" fill="#ffffff"/>'
+    assert hub in body
+    exported = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+        '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" '
+        '"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n<!-- Generator: an editor -->\n'
+        + head
+        + ' xmlns:xlink="http://www.w3.org/1999/xlink">'
+        + body.replace(hub, '<use xlink:href="#hub"/>').replace(
+            "</defs>", hub.replace("<circle", '<circle id="hub"') + "</defs>"
+        )
+    )
+    verdict = await svg.verify(exported, SvgSpec(reference_svg=ICONS["settings"]), box)
+    assert verdict.status == Status.PASSED, verdict
