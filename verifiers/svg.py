@@ -28,10 +28,13 @@ import base64
 import collections
 import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -176,10 +179,15 @@ class _Batcher:
 
 
 def _site_packages() -> str:
-    """Where cairosvg and its dependencies are installed for the workers to import."""
-    import cairosvg  # type: ignore[import-untyped]
-
-    return str(Path(cairosvg.__file__).resolve().parent.parent)
+    """Where cairosvg and its dependencies are installed for the workers to import; found
+    without importing anything (this runs on the event loop)."""
+    for module in ("torch", "PIL", "defusedxml", "cairocffi"):
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"no module named {module!r}")
+    spec = importlib.util.find_spec("cairosvg")
+    if spec is None or spec.origin is None:
+        raise ImportError("no module named 'cairosvg'")
+    return str(Path(spec.origin).resolve().parent.parent)
 
 
 def length_term(svg_chars: int, reference_chars: int) -> float:
@@ -246,8 +254,6 @@ class SvgVerifier:
             self._looked = True
             try:
                 self._site_packages = self._site_packages or _site_packages()
-                import torch  # noqa: F401
-
             except ImportError as exc:
                 self._missing = f"the svg verifier needs assay[svg] installed: {exc}"
         return self._missing
@@ -266,12 +272,13 @@ class SvgVerifier:
             "pairs_compared": self._batcher.pairs,
         }
         if self._missing is None:
-            import cairosvg
+            facts["cairosvg"] = importlib.metadata.version("cairosvg")
+            if self.device is not None or "torch" not in sys.modules:
+                facts["device"] = self.device or "cuda if torch sees one, else cpu"
+            else:  # torch is imported off the event loop by the first renderer's start
+                from assay.verifiers import svg_metrics
 
-            from assay.verifiers import svg_metrics
-
-            facts["cairosvg"] = cairosvg.__version__
-            facts["device"] = str(self.device or svg_metrics.device())
+                facts["device"] = str(svg_metrics.device())
         if self._pool is not None:
             facts["pool"] = self._pool.facts()
         return facts
