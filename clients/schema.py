@@ -6,6 +6,7 @@ exception tree.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, Any, Literal
 
@@ -289,6 +290,40 @@ class SqlSpec(SpecModel):
         return [self.database] if self.database is not None else []
 
 
+SvgMetric = Literal["pixel", "ssim", "edge"]
+
+
+def _svg_weights() -> dict[SvgMetric, float]:
+    return {"pixel": 0.5, "ssim": 0.5}
+
+
+class SvgSpec(SpecModel):
+    reference_svg: str | None = Field(default=None, max_length=1 << 20)
+    reference_png: str | None = Field(
+        default=None, max_length=16 << 20, description="The target as a base64 PNG."
+    )
+    size: int = Field(default=256, ge=16, le=1024)
+    weights: dict[SvgMetric, float] = Field(default_factory=_svg_weights)
+    length_penalty: float = Field(default=0.0, ge=0, le=1)
+    allow_text: bool = False
+    pass_threshold: float = Field(default=0.99, gt=0, le=1)
+    return_images: bool = False
+    time_limit_s: float = Field(default=10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> SvgSpec:
+        if (self.reference_svg is None) == (self.reference_png is None):
+            raise ValueError("give exactly one of `reference_svg` and `reference_png`")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("`weights` must be non-negative with a positive sum")
+        if self.reference_png is not None:
+            try:
+                base64.b64decode(self.reference_png, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"`reference_png` is not base64: {exc}") from None
+        return self
+
+
 __all__ = [
     "DAFNY_FORBID",
     "UNJUDGED",
@@ -308,6 +343,8 @@ __all__ = [
     "SpecModel",
     "SqlDialect",
     "SqlSpec",
+    "SvgMetric",
+    "SvgSpec",
     "Status",
     "TagExtract",
     "VerifierInfo",

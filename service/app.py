@@ -29,7 +29,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, Verifier
+from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, SvgVerifier, Verifier
 from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
@@ -249,8 +249,19 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         worker_memory_mb=settings.sql_worker_memory_mb,
         max_rows=settings.sql_max_rows,
     )
-    # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
-    concurrency = {"lean": settings.lean_pool_size, **settings.concurrency}
+    verifiers["svg"] = SvgVerifier(
+        workers=settings.svg_workers,
+        memory_mb=settings.svg_worker_memory_mb,
+        device=settings.svg_device,
+    )
+    concurrency = {
+        # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
+        "lean": settings.lean_pool_size,
+        # svg items mostly wait for a renderer and for their batch's comparison: many at once
+        # keep the renderers busy and the batches full.
+        "svg": 32 * settings.svg_workers,
+        **settings.concurrency,
+    }
     return Engine(
         sandbox,
         verifiers=verifiers,

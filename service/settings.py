@@ -182,6 +182,18 @@ class Settings(BaseSettings):
     sql_worker_memory_mb: int = Field(default=1024, ge=128, description="Memory of a DB worker.")
     sql_max_rows: int = Field(default=100_000, ge=1, description="Rows a query may return.")
 
+    svg_workers: int = Field(
+        default_factory=_cores, ge=1, description="Warm sandboxed SVG renderers (svg verifier)."
+    )
+    svg_worker_memory_mb: int = Field(
+        default=768, ge=128, description="Memory limit of each SVG renderer."
+    )
+    svg_device: str | None = Field(
+        default=None,
+        description="torch device for the svg verifier's image metrics; default: cuda if there "
+        "is one, else cpu.",
+    )
+
     @model_validator(mode="after")
     def _kimina_has_a_url(self) -> Settings:
         if self.lean_backend == "kimina" and not self.lean_kimina_url:

@@ -8,9 +8,10 @@ from assay.verifiers.dafny import DafnyVerifier
 from assay.verifiers.extract import ExtractError, extract
 from assay.verifiers.lean import LeanVerifier
 from assay.verifiers.sql import SqlVerifier
+from assay.verifiers.svg import SvgVerifier
 
 VERIFIERS: dict[str, type[Verifier]] = {
-    v.name: v for v in (CodeVerifier, DafnyVerifier, LeanVerifier, SqlVerifier)
+    v.name: v for v in (CodeVerifier, DafnyVerifier, LeanVerifier, SqlVerifier, SvgVerifier)
 }
 """Every verifier this version knows, by name."""
 
@@ -22,6 +23,7 @@ __all__ = [
     "LeanVerifier",
     "SqlVerifier",
     "Status",
+    "SvgVerifier",
     "Verdict",
     "Verifier",
     "extract",
