@@ -6,9 +6,10 @@ exception tree.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AssayError(Exception):
@@ -115,7 +116,9 @@ class VerifiersResponse(BaseModel):
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or an infinity is never a meaningful limit or tolerance (JSON has neither; Python's
+    # json module and an overflowing 1e999 make them).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class IOTest(SpecModel):
@@ -143,6 +146,96 @@ class CodeSpec(SpecModel):
     @property
     def stops_on_fail(self) -> bool:
         return not self.partial_credit if self.stop_on_fail is None else self.stop_on_fail
+
+
+LeanAllow = Literal[
+    "eval", "syntax", "initialize", "unsafe", "instance", "native_decide", "options", "attributes"
+]
+"""Groups of Lean commands that run code while elaborating, forbidden unless a spec allows
+them (docs/api.md, lean spec)."""
+
+
+class LeanSpec(SpecModel):
+    theorem: str | None = Field(
+        default=None,
+        description="`theorem NAME ... : STATEMENT` (a proof or `:= sorry` after it is ignored): "
+        "the completion must prove exactly this statement, under this name.",
+        min_length=1,
+    )
+    header: str | None = Field(
+        default=None,
+        description="Imports and `open`s put before a completion that has no imports; "
+        "default: the server's (`ASSAY_LEAN_HEADER`).",
+    )
+    allow_sorry: bool = False
+    axioms: list[str] = Field(
+        default_factory=lambda: ["propext", "Classical.choice", "Quot.sound"],
+        description="The axioms the completion's declarations may depend on.",
+    )
+    allow: list[LeanAllow] = Field(
+        default_factory=list,
+        description="Groups of commands that run code while elaborating (`#eval`, `macro`, "
+        "`instance`...) that this item may use; by default none.",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _named_theorem(self) -> LeanSpec:
+        if self.theorem is not None:
+            text = re.sub(r"/-.*?-/|--[^\n]*", " ", self.theorem, flags=re.S)  # doc comments
+            words = text.replace("@[", " @[").split()
+            while words and words[0].startswith("@["):
+                words.pop(0)
+            while words and words[0] in ("private", "protected", "noncomputable", "nonrec"):
+                words.pop(0)
+            if len(words) < 2 or words[0] not in ("theorem", "lemma"):
+                raise ValueError("`theorem` must be one `theorem NAME ... : STATEMENT`")
+        return self
+
+
+DAFNY_FORBID = (
+    "assume",
+    "expect",
+    "bodiless",
+    "decreases *",
+    "include",
+    "{:axiom}",
+    "{:verify false}",
+    "{:extern}",
+    "{:options}",
+    "{:only}",
+    "{:autoReq}",
+    "{:imported}",
+    "{:*}",
+)
+"""What a Dafny program may not use by default: each way Dafny accepts a claim without
+proving it (docs/dafny.md). `{:*}` is every attribute not known to be sound."""
+_DAFNY_CONSTRUCT = re.compile(r"assume|expect|bodiless|decreases \*|include|\{:(\*|[A-Za-z_]\w*)\}")
+
+
+class DafnySpec(SpecModel):
+    reference: str | None = Field(
+        default=None,
+        description="A program whose specification the completion must keep: signatures, "
+        "requires/ensures/decreases/reads/modifies clauses, function bodies, types, constants.",
+    )
+    forbid: list[str] = Field(
+        default_factory=lambda: list(DAFNY_FORBID),
+        description="Constructs that make the answer `forbidden` (those the reference has "
+        "itself may be kept).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="For the whole check.")
+
+    @field_validator("forbid")
+    @classmethod
+    def _known_constructs(cls, forbid: list[str]) -> list[str]:
+        for item in forbid:
+            if item != "{:verify false}" and not _DAFNY_CONSTRUCT.fullmatch(item):
+                raise ValueError(
+                    f"unknown construct {item!r}: one of assume, expect, bodiless, "
+                    "`decreases *`, include, `{:name}`, `{:verify false}`, `{:*}`"
+                )
+        return forbid
 
 
 SqlDialect = Literal["sqlite", "duckdb", "postgres"]
@@ -197,13 +290,17 @@ class SqlSpec(SpecModel):
 
 
 __all__ = [
+    "DAFNY_FORBID",
     "UNJUDGED",
     "AssayError",
     "CodeSpec",
+    "DafnySpec",
     "Extract",
     "FenceExtract",
     "IOTest",
     "IndexedResult",
+    "LeanAllow",
+    "LeanSpec",
     "ScoreItem",
     "ScoreRequest",
     "ScoreResponse",

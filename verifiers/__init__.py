@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from assay.verifiers.base import Status, Verdict, Verifier
 from assay.verifiers.code import CodeVerifier
+from assay.verifiers.dafny import DafnyVerifier
 from assay.verifiers.extract import ExtractError, extract
+from assay.verifiers.lean import LeanVerifier
 from assay.verifiers.sql import SqlVerifier
 
-VERIFIERS: dict[str, type[Verifier]] = {v.name: v for v in (CodeVerifier, SqlVerifier)}
+VERIFIERS: dict[str, type[Verifier]] = {
+    v.name: v for v in (CodeVerifier, DafnyVerifier, LeanVerifier, SqlVerifier)
+}
 """Every verifier this version knows, by name."""
 
 __all__ = [
     "VERIFIERS",
     "CodeVerifier",
+    "DafnyVerifier",
     "ExtractError",
+    "LeanVerifier",
     "SqlVerifier",
     "Status",
     "Verdict",
