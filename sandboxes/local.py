@@ -272,6 +272,7 @@ class LocalSandbox:
             else shutil.which("python3", path=SANDBOX_PATH) or "python3"
         )
         self._probe: str | None | Literal[False] = False  # False: not probed yet
+        self._probing: asyncio.Future[str | None] | None = None
         self._etc = make_etc_view() if isolation == "bwrap" and self._bwrap else None
         self._cgroups: MemoryCgroups | None = None
         self.cgroups_reason: str | None = "per-job memory cgroups need root"
@@ -331,6 +332,13 @@ class LocalSandbox:
         reason = self.unavailable_reason()
         if reason is not None or self._probe is not False:
             return reason
+        # One probe, shared by whoever asks meanwhile and run to its end even if they are
+        # cancelled (a probe cancelled halfway would leave the question open).
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._run_probe())
+        return await asyncio.shield(self._probing)
+
+    async def _run_probe(self) -> str | None:
         try:
             result = await self._run_checked(Job(argv=("true",), limits=Limits(wall_s=10)))
         except SandboxError as exc:
@@ -663,8 +671,8 @@ class LocalSandbox:
                 assert self._setpriv is not None
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                proc = await _create_process(
+                    argv,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
@@ -897,8 +905,8 @@ async def _execute(
     limits = job.limits
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
+        proc = await _create_process(
+            argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -983,6 +991,26 @@ async def _execute(
         output_exceeded=exceeded,
         file_exceeded=sig == signal.SIGXFSZ,
     )
+
+
+async def _create_process(argv: list[str], **options: Any) -> asyncio.subprocess.Process:
+    """`create_subprocess_exec`, safe to cancel: cancelled halfway, asyncio's own clean-up
+    waits for a process that a sandbox gate may hold forever; here the creation finishes, then
+    the process group is killed and reaped."""
+    task = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **options))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        async def undo() -> None:
+            with contextlib.suppress(BaseException):
+                proc = await task
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await _reap(proc)
+
+        await asyncio.shield(asyncio.ensure_future(undo()))
+        raise
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
