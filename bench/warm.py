@@ -189,7 +189,9 @@ class PerTest(CodeVerifier):
         for test in spec.tests:
             job = Job(language.run, {language.file: payload}, test.stdin.encode(), limits)
             run = await sandbox.run(job)
-            passed += run.exit_code == 0 and run.stdout.split() == test.expected_stdout.split()
+            passed += (
+                run.exit_code == 0 and run.stdout.decode().split() == test.expected_stdout.split()
+            )
         return passed == len(spec.tests)
 
 
