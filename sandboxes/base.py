@@ -60,6 +60,11 @@ class RunResult:
     """Tried to write a file larger than `Limits.file_mb`, or filled its work dir."""
     oom_killed: bool = False
     """Killed by a memory limit that the sandbox can observe (cgroups, containers)."""
+    host_pressure: bool = False
+    """Killed where the job may not have reached its own limits: an OOM kill that came from
+    outside its memory cgroup (the host's or a container's shortage), or, without a cgroup, a
+    SIGKILL the sandbox did not send. A rerun may end otherwise: verdicts resting on it are
+    not cached."""
     cpu_time_s: float | None = None
     """CPU time, user and system, of the program and the children it waited for (`None`
     where the sandbox does not measure it)."""

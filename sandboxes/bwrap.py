@@ -45,6 +45,7 @@ ETC_ALLOWED = (
     "localtime",
     "magic*",
     "mime.types",
+    "mono",
     "nsswitch.conf",
     "os-release",
     "passwd",
@@ -57,6 +58,10 @@ ETC_ALLOWED = (
     "timezone",
     "xml",
 )
+
+
+# Host configuration under /usr, hidden like the rest of /etc is: the job sees empty dirs.
+_USR_ETC = ("/usr/local/etc", "/usr/etc")
 
 
 def _symlink_or_bind(path: str) -> list[str]:
@@ -147,13 +152,21 @@ def bwrap_args(
     if runner:
         args += ["--cap-add", "CAP_SYS_ADMIN"]
     args += ["--ro-bind", "/usr", "/usr"]
+    for hidden in _USR_ETC:
+        if os.path.isdir(hidden):
+            args += ["--size", "4096", "--tmpfs", hidden, "--remount-ro", hidden]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         args += _symlink_or_bind(top)
         args += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
     # bwrap's /dev is a tmpfs of its own, with no size: shared memory gets a sized one and
     # the rest of /dev is read-only (its device nodes still work).
     shm = str(job.limits.file_mb << 20)
-    args += ["--size", shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    args += ["--size", shm, "--tmpfs", "/dev/shm"]
+    # No ptys: each is taken from a host-wide count (kernel.pty.max), and a job has no use
+    # for a terminal. An empty read-only mount hides bwrap's devpts, so /dev/ptmx (a link
+    # into it) leads nowhere.
+    args += ["--size", "4096", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts"]
+    args += ["--remount-ro", "/dev"]
     args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
     for name, fd in fds.items():
         args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]

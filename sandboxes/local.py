@@ -30,7 +30,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -76,6 +78,12 @@ log = logging.getLogger(__name__)
 # for a previous job's zombies over the process limit.
 _NOFILE = 256
 _NPROC_SLACK = 8
+# POSIX message queues: their bytes (RLIMIT_MSGQUEUE); the kernel's default is 800 KiB, but the
+# service's own limit, which jobs would inherit, may have been raised (`ulimit -q unlimited`).
+_MSGQUEUE = 1 << 20
+# Jobs are the OOM killer's first choice, before the service (a memory shortage of the host or
+# container then costs a job, which is judged again, not every item in flight).
+_OOM_SCORE_ADJ = 1000
 
 Isolation = Literal["bwrap", "unsandboxed"]
 T = TypeVar("T")
@@ -114,6 +122,14 @@ class LocalSandbox:
         self._uids = UidPool(uid_base, uid_count, lock_dir) if self._as_root else None
         self._bwrap = shutil.which(bwrap) if bwrap else None
         self._prlimit = shutil.which("prlimit")
+        self._choom = shutil.which("choom")
+        # Lowered, never raised: a job without privileges may not raise a hard limit.
+        hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1]
+        self._msgqueue = _MSGQUEUE if hard == resource.RLIM_INFINITY else min(hard, _MSGQUEUE)
+        if self._choom is None:
+            log.warning(
+                "sandbox: choom (util-linux) is missing: jobs are not the OOM killer's first choice"
+            )
         # The job's uid is taken in the child by setpriv, not by Popen(user=...): that would make
         # Python fork() the whole service (2.8 ms, in the event loop's thread) instead of vfork.
         self._setpriv = shutil.which("setpriv")
@@ -299,7 +315,9 @@ class LocalSandbox:
                         tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
                         raise SandboxError(f"the sandbox runner ended early: {tail}")
                     kills = tool.oom_kills()
-                    result = steps.step_result(*frame, oom_killed=kills > oom_seen)
+                    result = tool.with_pressure(
+                        steps.step_result(*frame, oom_killed=False), kills > oom_seen
+                    )
                     oom_seen = kills
                     number = index - 1 if job.build is not None and kind == "run" else index
                     yield StepResult(kind, number, result)  # type: ignore[arg-type]
@@ -336,6 +354,8 @@ class LocalSandbox:
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
         args = [self._prlimit]
+        if self._choom is not None:
+            args = [self._choom, "-n", str(_OOM_SCORE_ADJ), "--", *args]
         if cpu or limits.cpu_s is not None:
             seconds = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
             args.append(f"--cpu={seconds}:{seconds + 1}")
@@ -343,6 +363,7 @@ class LocalSandbox:
             f"--as={memory}",
             f"--fsize={file_size}",
             f"--nofile={_NOFILE}",
+            f"--msgqueue={self._msgqueue}",
             "--core=0",
         ]
         if nproc:  # a previous job's zombies may hold the uid for a moment: some slack
@@ -404,7 +425,13 @@ class LocalSandbox:
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
             result = await execute(argv, job, uid, cwd, env, fds, enter, on_start)
             if cgroup is not None and cgroup.oom_kills():
-                result = dataclasses.replace(result, oom_killed=True)
+                result = dataclasses.replace(
+                    result, oom_killed=True, host_pressure=not cgroup.cap_reached()
+                )
+            elif cgroup is None and result.signal == signal.SIGKILL and not result.timed_out:
+                # Not the sandbox's kill (deadline, output cap): the program's own, or the OOM
+                # killer's, which without a cgroup cannot be told apart.
+                result = dataclasses.replace(result, host_pressure=not result.output_exceeded)
             return result
         raise AssertionError("unreachable")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -63,6 +64,21 @@ class LocalTool:
 
     def oom_kills(self) -> int:
         return self._cgroup.oom_kills() if self._cgroup is not None else 0
+
+    def with_pressure(self, result: RunResult, oom: bool) -> RunResult:
+        """`result` of a step that ran in this tool, told whether an OOM kill came with it:
+        marked `host_pressure` where the kill may have come from outside the job's own cap
+        (as `_run` does for a one-off job), so that its verdict is not cached."""
+        if oom:
+            reached = self._cgroup is not None and self._cgroup.cap_reached()
+            return dataclasses.replace(result, oom_killed=True, host_pressure=not reached)
+        if (
+            self._cgroup is None
+            and result.signal == signal.SIGKILL
+            and not (result.timed_out or result.output_exceeded)
+        ):
+            return dataclasses.replace(result, host_pressure=True)
+        return result
 
     async def close(self) -> None:
         if self._closed:

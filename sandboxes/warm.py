@@ -145,7 +145,8 @@ class WarmPython:
                 budget = run.limits.wall_s + steps.STEP_SLACK_S + steps.START_SLACK_S
                 frame = await self._next(tool, budget)
                 kills = tool.oom_kills()
-                result = steps.step_result(*frame, oom_killed=kills > oom_seen)
+                result = steps.step_result(*frame, oom_killed=False)
+                result = tool.with_pressure(result, kills > oom_seen)
                 oom_seen = kills
                 stop = False
                 try:

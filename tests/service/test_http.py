@@ -221,7 +221,7 @@ def test_python_client(server: Server) -> None:
         assert [(r.id, r.status) for r in results] == [("x", "passed"), ("y", "failed")]
         streamed = list(client.score_stream([item(RIGHT, "x"), item("print(1)", "y")]))
         assert sorted(r.index for r in streamed) == [0, 1]
-        assert [v.name for v in client.verifiers()] == ["code"]
+        assert "code" in [v.name for v in client.verifiers()]
 
 
 async def test_async_python_client(server: Server) -> None:
