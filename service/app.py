@@ -224,6 +224,8 @@ def build_sandbox(settings: Settings) -> Sandbox:
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
+        warm_python=settings.warm_python_workers,
+        warm_max_uses=settings.warm_python_max_uses,
     )
 
 
