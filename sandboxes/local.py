@@ -551,21 +551,9 @@ class LocalSandbox:
             if uid is not None:
                 assert self._setpriv is not None
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                    pass_fds=fds,
-                    preexec_fn=enter,
-                    cwd=cwd,
-                    env=env,
-                    limit=_TOOL_LINE_LIMIT,
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
+            proc = await _start(
+                argv, pass_fds=fds, preexec_fn=enter, cwd=cwd, env=env, limit=_TOOL_LINE_LIMIT
+            )
             tool = _LocalTool(proc, stack, cgroup, uid if cwd is not None else None)
             try:
                 if on_start is not None:
@@ -782,20 +770,7 @@ async def _execute(
     makes the child run Python); `on_start` is awaited with the child's pid before stdin is fed."""
     limits = job.limits
     started = time.monotonic()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=pass_fds,
-            preexec_fn=enter,
-            cwd=cwd,
-            env=env,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
+    proc = await _start(argv, pass_fds=pass_fds, preexec_fn=enter, cwd=cwd, env=env)
 
     exceeded = False
 
@@ -869,6 +844,34 @@ async def _execute(
         output_exceeded=exceeded,
         file_exceeded=sig == signal.SIGXFSZ,
     )
+
+
+async def _start(argv: list[str], **options: Any) -> asyncio.subprocess.Process:
+    """Start `argv` in a session of its own, with pipes. Cancelled while it starts, it kills
+    the whole process group once started: asyncio would kill its first process alone, and a
+    bwrap killed alone leaves its namespace child waiting for it forever (an orphan per
+    cancelled start was found, blocked on bwrap's eventfd)."""
+    start = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            **options,
+        )
+    )
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await start
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await _reap(proc)
+        raise
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
