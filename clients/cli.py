@@ -27,6 +27,7 @@ from assay.clients.schema import (
     Status,
     VerifiersResponse,
 )
+from assay.clients.svg_report import SvgReport
 
 SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
 
@@ -200,6 +201,7 @@ async def score_file(
     batch_size: int,
     retries: int = 5,
     progress: Progress | None = None,
+    report: SvgReport | None = None,
 ) -> Progress:
     """Score every line of `source` into `sink`, in order, writing each result as soon as every
     result before it is written (an interrupted run leaves a valid prefix)."""
@@ -211,6 +213,8 @@ async def score_file(
             print(f"assay: {row.feedback}", file=sys.stderr)
     positions = [i for i, row in enumerate(rows) if isinstance(row, ScoreItem)]
     items = [row for row in rows if isinstance(row, ScoreItem)]
+    if report is not None:
+        items = [report.prepare(i, item) for i, item in enumerate(items)]
     done: dict[int, ScoreResult] = {
         i: row for i, row in enumerate(rows) if isinstance(row, ScoreResult)
     }
@@ -232,6 +236,8 @@ async def score_file(
     else:
         results = _local_results(items, concurrency)
     async for index, result in results:
+        if report is not None:
+            result = report.take(index, items[index], result)
         done[positions[index]] = result
         progress.update(result.status, result.reward, result.cached)
         flush()
@@ -257,6 +263,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         source.close()
         return 2
     progress = Progress(0, enabled=not args.quiet)
+    report = SvgReport(Path(args.report)) if args.report else None
     try:
         asyncio.run(
             score_file(
@@ -268,8 +275,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 retries=args.retries,
                 progress=progress,
+                report=report,
             )
         )
+        if report is not None:
+            report.write()
     except AssayError as exc:
         print(f"\nassay: {exc}", file=sys.stderr)
         return 2
@@ -340,6 +350,11 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         for name, lang in verifier.facts.get("languages", {}).items():
             mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
             print(f"  {name}: {mark}")
+        for engine, info in verifier.facts.get("engines", {}).items():  # sql
+            names = verifier.facts.get("databases", {}).get(engine, [])
+            mark = "yes" if info.get("available") else f"no ({info.get('reason', '')})"
+            shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            print(f"  {engine}: {mark}; databases: {shown or 'none'}")
     box = listing.sandbox
     if box:
         cap = (
@@ -349,6 +364,12 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         )
         print(f"sandbox: {box.get('backend')} ({box.get('isolation')}); per-job memory cap: {cap}")
     return 0
+
+
+def _report_path(text: str) -> str:
+    if Path(text).suffix.lower() not in (".html", ".htm", ".png"):
+        raise argparse.ArgumentTypeError("give a .html or a .png file")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="retries of a request refused with 429/503 or not connected (--url)",
     )
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    score.add_argument(
+        "--report",
+        type=_report_path,
+        help="also write svg items' target, render, difference and reward, for a person to "
+        "look at: an HTML page (.html) or a PNG contact sheet (.png, needs assay[svg])",
+    )
     score.set_defaults(func=_cmd_score)
 
     verifiers = sub.add_parser("verifiers", help="what this deployment can verify")

@@ -6,6 +6,7 @@ exception tree.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, Any, Literal
 
@@ -116,7 +117,9 @@ class VerifiersResponse(BaseModel):
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or an infinity is never a meaningful limit or tolerance (JSON has neither; Python's
+    # json module and an overflowing 1e999 make them).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class IOTest(SpecModel):
@@ -144,6 +147,51 @@ class CodeSpec(SpecModel):
     @property
     def stops_on_fail(self) -> bool:
         return not self.partial_credit if self.stop_on_fail is None else self.stop_on_fail
+
+
+LeanAllow = Literal[
+    "eval", "syntax", "initialize", "unsafe", "instance", "native_decide", "options", "attributes"
+]
+"""Groups of Lean commands that run code while elaborating, forbidden unless a spec allows
+them (docs/api.md, lean spec)."""
+
+
+class LeanSpec(SpecModel):
+    theorem: str | None = Field(
+        default=None,
+        description="`theorem NAME ... : STATEMENT` (a proof or `:= sorry` after it is ignored): "
+        "the completion must prove exactly this statement, under this name.",
+        min_length=1,
+    )
+    header: str | None = Field(
+        default=None,
+        description="Imports and `open`s put before a completion that has no imports; "
+        "default: the server's (`ASSAY_LEAN_HEADER`).",
+    )
+    allow_sorry: bool = False
+    axioms: list[str] = Field(
+        default_factory=lambda: ["propext", "Classical.choice", "Quot.sound"],
+        description="The axioms the completion's declarations may depend on.",
+    )
+    allow: list[LeanAllow] = Field(
+        default_factory=list,
+        description="Groups of commands that run code while elaborating (`#eval`, `macro`, "
+        "`instance`...) that this item may use; by default none.",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _named_theorem(self) -> LeanSpec:
+        if self.theorem is not None:
+            text = re.sub(r"/-.*?-/|--[^\n]*", " ", self.theorem, flags=re.S)  # doc comments
+            words = text.replace("@[", " @[").split()
+            while words and words[0].startswith("@["):
+                words.pop(0)
+            while words and words[0] in ("private", "protected", "noncomputable", "nonrec"):
+                words.pop(0)
+            if len(words) < 2 or words[0] not in ("theorem", "lemma"):
+                raise ValueError("`theorem` must be one `theorem NAME ... : STATEMENT`")
+        return self
 
 
 DAFNY_FORBID = (
@@ -191,6 +239,91 @@ class DafnySpec(SpecModel):
         return forbid
 
 
+SqlDialect = Literal["sqlite", "duckdb", "postgres"]
+
+
+class SqlSpec(SpecModel):
+    """The `sql` verifier's spec (API.md, sql): a predicted query judged by its result."""
+
+    gold_sql: str | None = Field(default=None, min_length=1, max_length=1 << 20)
+    expected_rows: list[list[Any]] | None = None
+    database: str | None = Field(default=None, pattern=r"^[\w.-]{1,200}$")
+    databases: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[\w.-]{1,200}$")]],
+            Field(min_length=1, max_length=64),
+        ]
+        | None
+    ) = None
+    setup_sql: str | None = Field(default=None, min_length=1, max_length=16 << 20)
+    dialect: SqlDialect | None = Field(
+        default=None,
+        description="The engine: by default the named database's, or sqlite for `setup_sql`.",
+    )
+    transpile_from: SqlDialect | None = Field(
+        default=None,
+        description="The predicted query is written in this dialect: sqlglot transpiles it.",
+    )
+    order_matters: bool | None = None
+    compare: Literal["set", "multiset"] = "set"
+    column_permutations: bool = False
+    float_tol: float = Field(default=1e-6, ge=0, le=1)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    empty_gold: Literal["score", "zero"] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> SqlSpec:
+        if (self.gold_sql is None) == (self.expected_rows is None):
+            raise ValueError("give exactly one of `gold_sql` and `expected_rows`")
+        given = [self.database, self.databases, self.setup_sql]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of `database`, `databases` and `setup_sql`")
+        if self.setup_sql is not None and self.dialect == "postgres":
+            raise ValueError("`setup_sql` builds SQLite or DuckDB databases; name a postgres one")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The named databases this spec runs on (none for `setup_sql`)."""
+        if self.databases is not None:
+            return list(self.databases)
+        return [self.database] if self.database is not None else []
+
+
+SvgMetric = Literal["pixel", "ssim", "edge"]
+
+
+def _svg_weights() -> dict[SvgMetric, float]:
+    return {"pixel": 0.5, "ssim": 0.5}
+
+
+class SvgSpec(SpecModel):
+    reference_svg: str | None = Field(default=None, max_length=1 << 20)
+    reference_png: str | None = Field(
+        default=None, max_length=16 << 20, description="The target as a base64 PNG."
+    )
+    size: int = Field(default=256, ge=16, le=1024)
+    weights: dict[SvgMetric, float] = Field(default_factory=_svg_weights)
+    length_penalty: float = Field(default=0.0, ge=0, le=1)
+    allow_text: bool = False
+    pass_threshold: float = Field(default=0.99, gt=0, le=1)
+    return_images: bool = False
+    time_limit_s: float = Field(default=10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> SvgSpec:
+        if (self.reference_svg is None) == (self.reference_png is None):
+            raise ValueError("give exactly one of `reference_svg` and `reference_png`")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("`weights` must be non-negative with a positive sum")
+        if self.reference_png is not None:
+            try:
+                base64.b64decode(self.reference_png, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"`reference_png` is not base64: {exc}") from None
+        return self
+
+
 __all__ = [
     "DAFNY_FORBID",
     "UNJUDGED",
@@ -201,11 +334,17 @@ __all__ = [
     "FenceExtract",
     "IOTest",
     "IndexedResult",
+    "LeanAllow",
+    "LeanSpec",
     "ScoreItem",
     "ScoreRequest",
     "ScoreResponse",
     "ScoreResult",
     "SpecModel",
+    "SqlDialect",
+    "SqlSpec",
+    "SvgMetric",
+    "SvgSpec",
     "Status",
     "TagExtract",
     "VerifierInfo",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 
 from assay.clients.schema import (
     IndexedResult,
@@ -17,11 +24,13 @@ from assay.clients.schema import (
     ScoreResponse,
     VerifiersResponse,
 )
+from assay.sandboxes.base import Sandbox
 from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, DafnyVerifier
+from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, SvgVerifier, Verifier
+from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
 
@@ -30,6 +39,118 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as JSON, always: UTF-8 where the text allows; a string holding a lone surrogate
+    (a client may send one in an `id`, as the escape `\\ud800`) comes back escaped the same way
+    (all of that document in ASCII), and a non-finite number (an overflowing `1e999` in a 422's
+    echo of the input) as its name in a string."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+    except UnicodeEncodeError:
+        return json_bytes_ascii(value)
+    except ValueError:
+        return json_bytes_ascii(_finite(value))
+
+
+def json_bytes_ascii(value: Any) -> bytes:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
+_ECHO = 1000  # the largest input a 422 shows back
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range for a double")
+    return value
+
+
+def strict_json(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: no NaN, Infinity or -Infinity (Python's json takes them), and no
+    number that overflows a double; either is a 422 with the reason, not a 500 later on."""
+    try:
+        return json.loads(body, parse_constant=_not_json, parse_float=_finite_number)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, a 5,000-digit integer
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise json.JSONDecodeError(reason, "", 0) from None
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Routes whose JSON bodies are read by `strict_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
+class ApiKeys:
+    """Answers 401 to a `/v1/*` request without a configured key before anything reads its
+    body: an unauthenticated 30 MB body had been read and parsed first (the service grew from
+    54 MB to 877 MB for a 401)."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, key = header.partition(b" ")
+            # Every key is compared, whatever matched: the time says nothing of which did.
+            matches = [hmac.compare_digest(key.strip(), k) for k in self.keys]
+            if scheme.lower() != b"bearer" or not any(matches):
+                response = SafeJSONResponse(
+                    {"detail": "missing or wrong API key"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client of `request` (whose body was read) has gone away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class BodyLimit:
@@ -83,16 +204,34 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
-    """The Engine and sandbox that `settings` describe."""
-    sandbox = LocalSandbox(
+def build_sandbox(settings: Settings) -> Sandbox:
+    """The sandbox backend that `settings` name."""
+    if settings.sandbox == "docker":
+        from assay.sandboxes.docker import DockerSandbox
+
+        return DockerSandbox(
+            settings.docker_images,
+            base_url=settings.docker_host,
+            containers_per_image=settings.docker_containers_per_image,
+            max_uses=settings.docker_max_uses,
+            container_memory_mb=settings.docker_memory_mb,
+            container_pids=settings.docker_pids,
+            cpus=settings.docker_cpus,
+        )
+    return LocalSandbox(
         isolation="unsandboxed" if settings.sandbox == "unsandboxed" else "bwrap",
         max_jobs=settings.sandbox_jobs,
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
-    verifiers = {name: verifier() for name, verifier in VERIFIERS.items()}
+
+
+def build_engine(settings: Settings, observer: Observer | None = None) -> Engine:
+    """The Engine, its verifiers and sandbox that `settings` describe."""
+    sandbox = build_sandbox(settings)
+    verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
+    verifiers["lean"] = lean_verifier(settings)
     verifiers["dafny"] = DafnyVerifier(
         settings.dafny_home,
         runtime=settings.dafny_runtime,
@@ -101,15 +240,66 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         memory_mb=settings.dafny_memory_mb,
         use_server=settings.dafny_server,
     )
+    verifiers["sql"] = SqlVerifier(
+        data_dir=settings.sql_data_dir,
+        duckdb=settings.sql_duckdb,
+        postgres=settings.sql_postgres,
+        empty_gold=settings.sql_empty_gold,
+        workers=settings.sql_workers,
+        worker_memory_mb=settings.sql_worker_memory_mb,
+        max_rows=settings.sql_max_rows,
+    )
+    verifiers["svg"] = SvgVerifier(
+        workers=settings.svg_workers,
+        memory_mb=settings.svg_worker_memory_mb,
+        device=settings.svg_device,
+    )
+    concurrency = {
+        # A Lean item holds a REPL while it runs: more at once than REPLs would only queue.
+        "lean": settings.lean_pool_size,
+        # svg items mostly wait for a renderer and for their batch's comparison: many at once
+        # keep the renderers busy and the batches full.
+        "svg": 32 * settings.svg_workers,
+        **settings.concurrency,
+    }
     return Engine(
         sandbox,
         verifiers=verifiers,
-        concurrency=settings.concurrency,
+        concurrency=concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,
+        cache_bytes=settings.cache_bytes,
         max_item_s=settings.max_item_s,
         observer=observer,
     )
+
+
+def lean_verifier(settings: Settings) -> LeanVerifier:
+    """The `lean` verifier that the `lean_*` settings describe."""
+    backend: ReplBackend | KiminaBackend
+    if settings.lean_backend == "kimina":
+        assert settings.lean_kimina_url is not None  # the settings' validator says so
+        backend = KiminaBackend(
+            settings.lean_kimina_url,
+            api_key=settings.lean_kimina_api_key,
+            check_timeout_s=settings.lean_check_timeout_s,
+            kernel_replay=settings.lean_kernel_replay,
+        )
+    else:
+        backend = ReplBackend(
+            command=settings.lean_repl_command,
+            project_dir=settings.lean_project_dir,
+            ro_paths=settings.lean_paths,
+            env=settings.lean_env,
+            pool_size=settings.lean_pool_size,
+            memory_mb=settings.lean_memory_mb,
+            memory_ceiling_mb=settings.lean_memory_ceiling_mb,
+            max_proofs=settings.lean_max_proofs,
+            start_timeout_s=settings.lean_start_timeout_s,
+            check_timeout_s=settings.lean_check_timeout_s,
+            kernel_replay=settings.lean_kernel_replay,
+        )
+    return LeanVerifier(backend, default_header=settings.lean_header)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -132,23 +322,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         summary="Sandboxed verifiers for RL with verifiable rewards.",
         version="1",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
+    app.router.route_class = StrictJSONRoute
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
+    # The last added is the outermost: the key is checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeys, keys=settings.api_keys)
     retry = {"Retry-After": str(settings.retry_after_s)}
 
-    def authorize(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        ok = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in settings.api_keys
-        )
-        if not ok:
-            raise HTTPException(
-                401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
-            )
+    @app.exception_handler(RequestValidationError)
+    async def invalid_envelope(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own answer, less the echo of large inputs (a 60 MB completion of the wrong
+        # type came back whole).
+        errors = [
+            {k: v for k, v in e.items() if k != "input" or len(repr(v)) <= _ECHO}
+            for e in exc.errors()
+        ]
+        return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     def admit(body: ScoreRequest, endpoint: str) -> None:
         n = len(body.items)
@@ -170,20 +361,29 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
-        dependencies=[Depends(authorize)],
         summary="Score a batch; results in the items' order.",
     )
-    async def score(body: ScoreRequest) -> ScoreResponse:
+    async def score(body: ScoreRequest, request: Request) -> Response:
         admit(body, "score")
         metrics.in_flight.inc(len(body.items))
+        work = asyncio.ensure_future(engine.score(body.items))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return ScoreResponse(results=await engine.score(body.items))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # the client went away: its items' work stops
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return Response(status_code=499)
+            results = ScoreResponse(results=work.result()).model_dump(mode="json")
+            return Response(json_bytes(results), media_type="application/json")
         finally:
+            gone.cancel()
+            work.cancel()
             metrics.in_flight.dec(len(body.items))
 
     @app.post(
         "/v1/score/stream",
-        dependencies=[Depends(authorize)],
         summary="Score a batch; NDJSON, one result per line as each finishes, with `index`.",
         responses={200: {"content": {"application/x-ndjson": {}}, "model": IndexedResult}},
     )
@@ -195,13 +395,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             try:
                 async for index, result in engine.stream(body.items):
                     line = IndexedResult(index=index, **result.model_dump())
-                    yield line.model_dump_json().encode() + b"\n"
+                    yield json_bytes(line.model_dump(mode="json")) + b"\n"
             finally:
                 metrics.in_flight.dec(len(body.items))
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
+    @app.get("/v1/verifiers", response_model=VerifiersResponse)
     async def verifiers() -> VerifiersResponse:
         return await engine.describe()
 
@@ -217,6 +417,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         reason = await engine.sandbox.check()
         if reason:
             missing.append(f"sandbox: {reason}")
+        if settings.required_verifiers:
+            described = {v.name: v for v in (await engine.describe()).verifiers}
+            for name in settings.required_verifiers:
+                info = described.get(name)
+                if info is None:
+                    missing.append(f"{name}: no such verifier")
+                elif not info.available:
+                    missing.append(f"{name}: {info.reason}")
         if missing:
             return JSONResponse({"ready": False, "missing": missing}, 503, headers=retry)
         return JSONResponse({"ready": True})
@@ -236,4 +444,4 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-__all__ = ["app_from_env", "build_engine", "create_app"]
+__all__ = ["app_from_env", "build_engine", "build_sandbox", "create_app"]

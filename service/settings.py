@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,11 +22,27 @@ class Settings(BaseSettings):
         default_factory=list,
         description="When non-empty, every /v1/* call needs `Authorization: Bearer <key>`.",
     )
-    sandbox: Literal["local", "unsandboxed"] = Field(
+    sandbox: Literal["local", "docker", "unsandboxed"] = Field(
         default="local",
-        description="`local`: bubblewrap. `unsandboxed`: run untrusted code bare (an explicit "
+        description="`local`: bubblewrap. `docker`: warm language containers through the Docker "
+        "Engine API (`docker_*` settings). `unsandboxed`: run untrusted code bare (an explicit "
         "operator's choice for machines without bubblewrap; never a fallback).",
     )
+    docker_host: str | None = Field(
+        default=None,
+        description="The engine's API (`unix:///var/run/docker.sock`); default: DOCKER_HOST.",
+    )
+    docker_images: list[str] = Field(
+        default_factory=lambda: ["assay/python"],
+        description="Language images; a job goes to the first whose PATH has its program.",
+    )
+    docker_containers_per_image: int = Field(
+        default_factory=_cores, ge=1, description="Warm containers per image, at most."
+    )
+    docker_max_uses: int = Field(default=500, ge=1, description="Jobs per container.")
+    docker_memory_mb: int = Field(default=1024, ge=64, description="Memory per container.")
+    docker_pids: int = Field(default=128, ge=8, description="Processes per container.")
+    docker_cpus: float = Field(default=1.0, gt=0, description="CPUs per container.")
     sandbox_jobs: int = Field(
         default_factory=lambda: 2 * _cores(), ge=1, description="Sandbox jobs running at once."
     )
@@ -46,6 +62,11 @@ class Settings(BaseSettings):
         description="Items judged at once for a verifier not named in `concurrency`.",
     )
     cache_entries: int = Field(default=100_000, ge=0, description="Result cache size.")
+    cache_bytes: int = Field(
+        default=256 << 20,
+        ge=0,
+        description="Result cache size in bytes (of its verdicts' text and details, roughly).",
+    )
     max_items: int = Field(default=10_000, ge=1, description="Items per request (else 413).")
     max_body_bytes: int = Field(default=64 << 20, ge=1024, description="Body size (else 413).")
     max_pending_items: int = Field(
@@ -55,6 +76,66 @@ class Settings(BaseSettings):
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
+
+    required_verifiers: list[str] = Field(
+        default_factory=list,
+        description="Verifiers this deployment must be able to run: /readyz answers 503 with "
+        'the reason while one of them is unavailable (e.g. `["lean"]`).',
+    )
+    # Lean (verifiers/lean.py; the image sandboxes/images/lean builds these paths)
+    lean_backend: Literal["repl", "kimina"] = Field(
+        default="repl",
+        description="`repl`: warm REPLs in the sandbox. `kimina`: an existing Kimina Lean "
+        "Server at `lean_kimina_url` runs the Lean; assay's checks run on top.",
+    )
+    lean_repl_command: list[str] = Field(
+        default_factory=lambda: ["lake", "env", "/opt/lean/repl/.lake/build/bin/repl"],
+        description="The REPL's command, run in `lean_project_dir` inside the sandbox.",
+    )
+    lean_project_dir: str = Field(
+        default="/opt/lean/project", description="The Lake project with Mathlib built ('' none)."
+    )
+    lean_paths: list[str] = Field(
+        default_factory=lambda: ["/opt/lean"],
+        description="Host paths the REPL sees, read-only (toolchain, REPL, Mathlib).",
+    )
+    lean_env: dict[str, str] = Field(
+        default_factory=lambda: {"PATH": "/opt/lean/toolchain/bin:/usr/local/bin:/usr/bin:/bin"},
+        description="Environment variables of the REPL's command.",
+    )
+    lean_header: str = Field(
+        default=(
+            "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\n"
+            "open BigOperators Real Nat Topology Rat"
+        ),
+        description="The header put before a completion without imports when its spec has none.",
+    )
+    lean_pool_size: int = Field(
+        default_factory=lambda: max(1, min(_cores(), _memory_gb() // 12)),
+        ge=1,
+        description="REPLs alive at once (over all headers); each may hold `lean_memory_mb`.",
+    )
+    lean_memory_mb: int = Field(
+        default=12288,
+        ge=256,
+        description="Address space of each REPL (an `import Mathlib` needs about 9 GB).",
+    )
+    lean_memory_ceiling_mb: int = Field(
+        default=10240, ge=64, description="A REPL whose resident memory passes this is recycled."
+    )
+    lean_max_proofs: int = Field(default=200, ge=1, description="A REPL is recycled after this.")
+    lean_start_timeout_s: float = Field(default=600.0, gt=0, description="Header import time.")
+    lean_check_timeout_s: float = Field(
+        default=60.0, gt=0, description="Each of assay's own commands (statement, probe)."
+    )
+    lean_kernel_replay: bool = Field(
+        default=False,
+        description="Send every new theorem and definition to the kernel again (lean4checker-"
+        "style) before passing a proof.",
+    )
+    lean_kimina_url: str | None = Field(default=None, description="The Kimina Lean Server.")
+    lean_kimina_api_key: str | None = None
+
     dafny_home: str = Field(
         default="/usr/lib/dafny",
         description="The Dafny installation: 2.x (DafnyServer.exe, run by `dafny_runtime`) or "
@@ -77,3 +158,51 @@ class Settings(BaseSettings):
     dafny_memory_mb: int = Field(
         default=2048, ge=256, description="Memory of a Dafny server or run, z3 included."
     )
+
+    sql_data_dir: str | None = Field(
+        default=None,
+        description="SQLite databases by name: `<dir>/<db_id>/<db_id>.sqlite` (BIRD, Spider).",
+    )
+    sql_duckdb: dict[str, str] = Field(
+        default_factory=dict, description="DuckDB databases by name: JSON map name -> file."
+    )
+    sql_postgres: dict[str, str] = Field(
+        default_factory=dict,
+        description="PostgreSQL databases by name: JSON map name -> libpq DSN reaching the "
+        "server over its Unix socket (host=/dir), as a role that may only read.",
+    )
+    sql_empty_gold: Literal["score", "zero"] = Field(
+        default="score",
+        description="Default of the sql spec's `empty_gold`: whether an empty result matching "
+        "an empty gold result earns the reward.",
+    )
+    sql_workers: int = Field(
+        default_factory=lambda: 2 * _cores(), ge=1, description="Warm sandboxed DB workers."
+    )
+    sql_worker_memory_mb: int = Field(default=1024, ge=128, description="Memory of a DB worker.")
+    sql_max_rows: int = Field(default=100_000, ge=1, description="Rows a query may return.")
+
+    svg_workers: int = Field(
+        default_factory=_cores, ge=1, description="Warm sandboxed SVG renderers (svg verifier)."
+    )
+    svg_worker_memory_mb: int = Field(
+        default=768, ge=128, description="Memory limit of each SVG renderer."
+    )
+    svg_device: str | None = Field(
+        default=None,
+        description="torch device for the svg verifier's image metrics; default: cuda if there "
+        "is one, else cpu.",
+    )
+
+    @model_validator(mode="after")
+    def _kimina_has_a_url(self) -> Settings:
+        if self.lean_backend == "kimina" and not self.lean_kimina_url:
+            raise ValueError("ASSAY_LEAN_BACKEND=kimina needs ASSAY_LEAN_KIMINA_URL")
+        return self
+
+
+def _memory_gb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30))
+    except (ValueError, OSError, AttributeError):
+        return 12

@@ -38,6 +38,21 @@ def test_code_sum_benchmark_runs_and_agrees(tmp_path: Path) -> None:
 
 
 @needs_bwrap
+def test_lean_overhead_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "lean_overhead.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lean_overhead.py"), "--proofs", "20"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(out.read_text())
+    assert report["assay_passed"] == report["plain_passed"] == 20
+    assert "| ratio (assay / plain) |" in done.stdout
+
+
 def test_dafny_pool_benchmark_runs_and_agrees(tmp_path: Path) -> None:
     if read_version("/usr/lib/dafny") is None:
         pytest.skip("Dafny is not installed (scripts/install does it)")

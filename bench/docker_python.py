@@ -1,0 +1,146 @@
+"""Benchmark: Python items through the docker backend, the local backend, and one container per job.
+
+The items are code_sum.py's (read two numbers, print their sum; half right, half wrong, 10%
+exact copies). In one run, on the same items:
+- docker: the Engine on `DockerSandbox` (warm containers fed jobs by the runner in them);
+- local: the Engine on `LocalSandbox` (bubblewrap, a sandbox start per job);
+- per-job container: the plain way with containers, `containers.run(image, [python3, -c, code],
+  remove=True)` per item with the same lock-down, in a thread pool as wide as the cores (on
+  `--per-job-items` of the items, default 100: it is slow).
+Every way must give the same rewards. The engine is Docker where one answers, else Podman's
+Docker API started for the run (as the tests do; `scripts/install test` sets Podman up).
+
+    .venv/bin/python bench/docker_python.py [--items 1000] [--rounds 1] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from code_sum import make_items  # noqa: E402
+
+from assay.clients.schema import ScoreItem  # noqa: E402
+from assay.sandboxes import LocalSandbox, Sandbox  # noqa: E402
+from assay.sandboxes.docker import DockerSandbox  # noqa: E402
+from assay.service.engine import Engine  # noqa: E402
+from tests.containers.engine import build, engine  # noqa: E402
+
+
+async def through_engine(sandbox: Sandbox, items: list[dict[str, Any]]) -> tuple[float, list[Any]]:
+    cores = os.cpu_count() or 1
+    box = Engine(sandbox, default_concurrency=2 * cores, cache_entries=0)
+    assert await sandbox.check() is None, sandbox.unavailable_reason()
+    await box.score([ScoreItem.model_validate(items[0])])  # warm up (containers start)
+    started = time.perf_counter()
+    results = await box.score([ScoreItem.model_validate(i) for i in items])
+    elapsed = time.perf_counter() - started
+    await box.close()
+    return elapsed, [r.reward for r in results]
+
+
+def per_job_containers(
+    url: str, image: str, items: list[dict[str, Any]]
+) -> tuple[float, list[float]]:
+    import docker
+
+    client = docker.DockerClient(base_url=url, timeout=120)
+
+    def one(item: dict[str, Any]) -> float:
+        code = item["completion"].split("```python\n", 1)[1].rsplit("```", 1)[0]
+        test = item["spec"]["tests"][0]
+        # stdin through the command line: `containers.run` has no stdin of its own.
+        program = f"import io, sys\nsys.stdin = io.StringIO({test['stdin']!r})\n{code}"
+        out = client.containers.run(
+            image,
+            ["python3", "-c", program],
+            remove=True,
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/work": "size=64m", "/tmp": "size=64m"},
+            mem_limit="512m",
+            pids_limit=64,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            user="10001",
+        )
+        return 1.0 if out.decode().split() == test["expected_stdout"].split() else 0.0
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        rewards = list(pool.map(one, items))
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed, rewards
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--per-job-items", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "bench" / "results" / "docker_python.json"
+    )
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    rounds = []
+    with engine() as url:
+        if url is None:
+            print("no container engine here", file=sys.stderr)
+            return 2
+        image = build(url, "toolchain", tag="localhost/assay-python:bench")
+        for r in range(args.rounds):
+            items = make_items(args.items, seed=100 + r)
+            docker_box = DockerSandbox([image], base_url=url, containers_per_image=2 * cores)
+            docker_s, docker_rewards = asyncio.run(through_engine(docker_box, items))
+            local_s, local_rewards = asyncio.run(through_engine(LocalSandbox(), items))
+            few = items[: args.per_job_items]
+            per_job_s, per_job_rewards = per_job_containers(url, image, few)
+            disagree = sum(a != b for a, b in zip(docker_rewards, local_rewards, strict=True))
+            disagree += sum(a != b for a, b in zip(docker_rewards, per_job_rewards, strict=False))
+            rounds.append(
+                {
+                    "docker_items_per_s": len(items) / docker_s,
+                    "local_items_per_s": len(items) / local_s,
+                    "per_job_items_per_s": len(few) / per_job_s,
+                    "disagreements": disagree,
+                }
+            )
+            print(f"round {r + 1}: {rounds[-1]}", file=sys.stderr)
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "disagreements"}
+    report = {
+        "benchmark": "docker_python",
+        "cores": cores,
+        "items": args.items,
+        **med,
+        "rounds": rounds,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        "| way | items/s |\n| --- | --- |\n"
+        f"| docker backend (warm containers) | {med['docker_items_per_s']:.1f} |\n"
+        f"| local backend (bwrap per job) | {med['local_items_per_s']:.1f} |\n"
+        f"| one container per job ({args.per_job_items} items) | "
+        f"{med['per_job_items_per_s']:.1f} |\n"
+        f"| docker / per-job container | "
+        f"{med['docker_items_per_s'] / med['per_job_items_per_s']:.1f}x |\n"
+        f"| items where the rewards differ | {sum(r['disagreements'] for r in rounds)} |"
+    )
+    return 0 if all(r["disagreements"] == 0 for r in rounds) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
