@@ -156,7 +156,7 @@ def parse_output(output: str) -> Outcome:
         if m := _SUMMARY.search(line):
             summary = m
             continue
-        if line.startswith(("Execution trace:", "    ", "[SUCCESS]")):
+        if line.startswith(("Execution trace:", "    ", "[SUCCESS]", "Verification completed")):
             continue
         other.append(line)
     if summary is not None and procedures == 0:  # the CLI: counts from its last line
@@ -188,40 +188,55 @@ def _errors_feedback(errors: list[dict[str, Any]]) -> str:
     return "\n".join(shown)
 
 
-def _static_checks(payload: str, spec: DafnySpec) -> Verdict | str | None:
-    """What can be judged without Dafny: a verdict (`compile_error`, `forbidden`), or why the
-    specification proves nothing (a string), or `None`."""
+@dataclass(slots=True)
+class _Checked:
+    """What was judged without Dafny."""
+
+    verdict: Verdict | None = None  # `compile_error`, `forbidden`, `invalid_spec`
+    trivial: str | None = None  # why the specification proves nothing
+    excused: bool = False  # the program keeps an `assume` or a body-less member of the reference
+
+
+def _static_checks(payload: str, spec: DafnySpec) -> _Checked:
     try:
         decls = syntax.parse(payload)
     except syntax.DafnySyntaxError as exc:
-        return Verdict(Status.COMPILE_ERROR, 0.0, f"compile error\n{exc}")
+        return _Checked(Verdict(Status.COMPILE_ERROR, 0.0, f"compile error\n{exc}"))
     found = [f for f in syntax.findings(payload, decls) if f.construct in spec.forbid]
     reference: list[syntax.Decl] | None = None
+    excused = False
     if spec.reference is not None:
         try:
             reference = syntax.parse(spec.reference)
-            found = syntax.unmatched(found, syntax.findings(spec.reference, reference))
+            kept = syntax.unmatched(found, syntax.findings(spec.reference, reference))
         except syntax.DafnySyntaxError as exc:
-            return Verdict.unjudged(Status.INVALID_SPEC, f"the reference does not read: {exc}")
+            why = f"the reference does not read: {exc}"
+            return _Checked(Verdict.unjudged(Status.INVALID_SPEC, why))
+        excused = any(f.construct in ("assume", "bodiless") for f in found if f not in kept)
+        found = kept
     if found:
         shown = [f"{f.construct} at {f.describe()}" for f in found[:_SHOWN_ERRORS]]
-        return Verdict(
-            Status.FORBIDDEN,
-            0.0,
-            clip("the program accepts a claim without a proof:\n" + "\n".join(shown)),
-            {"forbidden": [{"construct": f.construct, "line": f.line} for f in found]},
+        return _Checked(
+            Verdict(
+                Status.FORBIDDEN,
+                0.0,
+                clip("the program accepts a claim without a proof:\n" + "\n".join(shown)),
+                {"forbidden": [{"construct": f.construct, "line": f.line} for f in found]},
+            )
         )
     if reference is None:
-        return syntax.proves_nothing(decls)
+        return _Checked(trivial=syntax.proves_nothing(decls))
     changes = syntax.spec_changes(reference, decls)
     if changes:
-        return Verdict(
-            Status.FORBIDDEN,
-            0.0,
-            clip("the specification was changed:\n" + "\n".join(changes[:8])),
-            {"spec_changes": changes},
+        return _Checked(
+            Verdict(
+                Status.FORBIDDEN,
+                0.0,
+                clip("the specification was changed:\n" + "\n".join(changes[:8])),
+                {"spec_changes": changes},
+            )
         )
-    return None
+    return _Checked(excused=excused)
 
 
 class _Server:
@@ -315,12 +330,15 @@ class DafnyVerifier:
             return Verdict(Status.FORMAT_ERROR, 0.0, "the program holds the Dafny server's marker")
         # Tokens and declarations: linear, but milliseconds to seconds of CPU; off the loop.
         checked = await asyncio.to_thread(_static_checks, payload, spec)
-        if isinstance(checked, Verdict):
-            return checked
+        if checked.verdict is not None:
+            return checked.verdict
         details: dict[str, Any] = {"dafny": self.version}
-        if checked is not None:
-            details["trivial_spec"] = checked
-        outcome = await self._run(payload, spec, sandbox)
+        if checked.trivial is not None:
+            details["trivial_spec"] = checked.trivial
+        # Dafny's own guards (/noCheating:1, its warnings of body-less loops) back the token
+        # checks up, unless the program keeps an assumption its reference states itself.
+        guarded = not checked.excused and {"assume", "bodiless"} <= set(spec.forbid)
+        outcome = await self._run(payload, spec, sandbox, guarded)
         if (
             outcome.status is Status.COMPILE_ERROR
             and self.generation is not None
@@ -330,15 +348,17 @@ class DafnyVerifier:
             if rewrites:
                 details["rewrites"] = rewrites
                 details["before_rewrites"] = _errors_feedback(outcome.errors[:1])
-                outcome = await self._run(rewritten, spec, sandbox)
-        return self._judge(outcome, spec, details)
+                outcome = await self._run(rewritten, spec, sandbox, guarded)
+        return self._judge(outcome, spec, details, guarded)
 
-    def _judge(self, outcome: Outcome, spec: DafnySpec, details: dict[str, Any]) -> Verdict:
+    def _judge(
+        self, outcome: Outcome, spec: DafnySpec, details: dict[str, Any], guarded: bool
+    ) -> Verdict:
         details.update(outcome.details())
         if outcome.errors:
             details["first_errors"] = outcome.errors[:_SHOWN_ERRORS]
         assuming = [w for w in outcome.warnings + outcome.errors if _ASSUMING.search(w["message"])]
-        if assuming and "bodiless" in spec.forbid:
+        if assuming and guarded:
             return Verdict(
                 Status.FORBIDDEN,
                 0.0,
@@ -376,21 +396,23 @@ class DafnyVerifier:
             return Verdict(status, 0.0, clip(feedback), details)
         return Verdict(status, 0.0, clip(outcome.other or "not verified"), details)
 
-    def _args(self, spec: DafnySpec) -> list[str]:
+    def _args(self, spec: DafnySpec, guarded: bool) -> list[str]:
         args = ["/compile:0", "/nologo", "/verifySnapshots:0"]
         # Per procedure; a second less than the whole, so that one slow procedure is reported
         # by z3 (`timed out`) rather than cut by the wall-clock kill.
         args.append(f"/timeLimit:{max(1, math.ceil(spec.timeout_s) - 1)}")
-        if "assume" in spec.forbid and "bodiless" in spec.forbid:
+        if guarded:
             args.append("/noCheating:1")  # a second guard behind the token checks
         return args
 
-    async def _run(self, source: str, spec: DafnySpec, sandbox: Sandbox) -> Outcome:
+    async def _run(self, source: str, spec: DafnySpec, sandbox: Sandbox, guarded: bool) -> Outcome:
         if self.use_server:
-            return await self._run_server(source, spec, sandbox)
-        return await self._run_cli(source, spec, sandbox)
+            return await self._run_server(source, spec, sandbox, guarded)
+        return await self._run_cli(source, spec, sandbox, guarded)
 
-    async def _run_cli(self, source: str, spec: DafnySpec, sandbox: Sandbox) -> Outcome:
+    async def _run_cli(
+        self, source: str, spec: DafnySpec, sandbox: Sandbox, guarded: bool
+    ) -> Outcome:
         if self.generation is not None and self.generation >= 4:
             # Only options every 4.x has; the output is read, not the exit status (but for
             # a crash), so warnings need no `--allow-warnings`.
@@ -406,7 +428,7 @@ class DafnyVerifier:
         else:
             # A fresh process has no cache; and with /verifySnapshots the 2.3 command line
             # prints no verdict at all.
-            args = [a for a in self._args(spec) if not a.startswith("/verifySnapshots")]
+            args = [a for a in self._args(spec, guarded) if not a.startswith("/verifySnapshots")]
             argv = (self.runtime, os.path.join(self.home, "Dafny.exe"), *args, FILE)
         limits = Limits(wall_s=spec.timeout_s + 5, memory_mb=self.memory_mb, processes=64)
         run = await sandbox.run(Job(argv=argv, files={FILE: source}, limits=limits))
@@ -448,12 +470,14 @@ class DafnyVerifier:
             )
         return self._pool
 
-    async def _run_server(self, source: str, spec: DafnySpec, sandbox: Sandbox) -> Outcome:
+    async def _run_server(
+        self, source: str, spec: DafnySpec, sandbox: Sandbox, guarded: bool
+    ) -> Outcome:
         pool = self._pool_for(sandbox)
         server: _Server | None = None
         try:
             async with pool.lease() as server:
-                reply = await server.verify(source, self._args(spec), spec.timeout_s)
+                reply = await server.verify(source, self._args(spec, guarded), spec.timeout_s)
         except TimeoutError:  # the lease ended in an exception: the pool closed that server
             return Outcome(Status.TIMEOUT)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:

@@ -572,3 +572,17 @@ async def test_one_dafny_process_per_program_gives_the_same_verdicts(sandbox: Lo
     for program, expected in cases:
         status, _, feedback, _ = await judge(verifier, sandbox, program)
         assert status is expected, feedback
+
+
+async def test_a_body_less_lemma_of_the_reference_is_a_given_fact(
+    verifier: DafnyVerifier, sandbox: LocalSandbox
+) -> None:
+    # DafnyBench's way: a lemma stated without a body in the task is a fact to use.
+    given = "lemma Given(x: int) ensures x * x >= 0\n"
+    user = "method Square(x: int) returns (y: int) ensures y >= 0 { Given(x); y := x * x; }\n"
+    reference = given + user.replace("Given(x); y := x * x;", "")
+    status, _, feedback, _ = await judge(verifier, sandbox, given + user, reference=reference)
+    assert status is Status.PASSED, feedback
+    own = given + user + "lemma Mine() ensures false\n"
+    status, _, feedback, _ = await judge(verifier, sandbox, own, reference=reference)
+    assert status is Status.FORBIDDEN, feedback
