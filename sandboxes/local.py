@@ -71,9 +71,14 @@ ETC_ALLOWED = (
     "nsswitch.conf",
     "os-release",
     "passwd",
+    "ldc2.conf",
+    "mono",
+    "nim",
     "perl",
     "protocols",
     "python3*",
+    "R",
+    "racket",
     "services",
     "ssl",
     "terminfo",
@@ -354,7 +359,7 @@ class LocalSandbox:
         """prlimit, setting every limit but the process count unless `nproc` (see `_run`), and
         the CPU time unless not `cpu` (a long-lived tool is limited per request instead)."""
         assert self._prlimit is not None
-        memory = limits.memory_mb << 20
+        memory = (limits.address_space_mb or limits.memory_mb) << 20
         file_size = limits.file_mb << 20
         args = [self._prlimit]
         if cpu or limits.cpu_s is not None:
@@ -450,7 +455,7 @@ class LocalSandbox:
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
-                bwrap = self._bwrap_args(job, files, extra)
+                bwrap = self._bwrap_args(job, files, extra, ro_paths=job.ro_paths)
                 argv = self._prlimit_args(job.limits, nproc=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
