@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import tempfile
+import threading
 import tomllib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from functools import cache
 from importlib import resources
@@ -145,3 +151,48 @@ def languages() -> dict[str, Language]:
     """The table shipped with assay."""
     text = resources.files("assay.sandboxes").joinpath("languages.toml").read_text("utf-8")
     return parse_languages(text)
+
+
+_versions: dict[tuple[str, ...], str | None] = {}
+_versions_lock = threading.Lock()
+
+
+def toolchain_versions(table: Iterable[Language], path: str) -> dict[str, str | None]:
+    """Each language's toolchain version, as its `version` command prints it (first line),
+    `None` where it has none or the command fails. Runs the commands (trusted programs of the
+    toolchains, on this machine, with `path` as PATH) once per process, in parallel; blocking:
+    call it off the event loop."""
+    rows = list(table)
+    with _versions_lock:
+        todo = list(
+            {
+                row.version: row for row in rows if row.version and row.version not in _versions
+            }.values()
+        )
+        if todo:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for row, found in zip(todo, pool.map(lambda r: _probe(r, path), todo), strict=True):
+                    _versions[row.version] = found
+        return {row.name: _versions.get(row.version) for row in rows}
+
+
+def _probe(language: Language, path: str) -> str | None:
+    if language.unavailable or shutil.which(language.version[0], path=path) is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="assay-version-") as home:
+        try:
+            done = subprocess.run(
+                language.version,
+                cwd=home,
+                env={"PATH": path, "HOME": home, "LANG": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+    lines = [line.strip() for line in done.stdout.decode(errors="replace").splitlines()]
+    first = next((line for line in lines if line), None)
+    return first[:200] if first and done.returncode == 0 else None

@@ -21,6 +21,9 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.verifiers import VERIFIERS, CodeVerifier, Verifier
+from assay.verifiers.builds import BuildSettings
+from assay.verifiers.compile_cache import CompileCache
 
 log = logging.getLogger("assay.service")
 
@@ -91,8 +94,14 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
     )
+    verifiers: dict[str, Verifier] = {name: kind() for name, kind in VERIFIERS.items()}
+    verifiers["code"] = CodeVerifier(
+        compile_cache=CompileCache(settings.compile_cache_mb << 20),
+        build=BuildSettings(time_s=settings.build_time_s, memory_mb=settings.build_memory_mb),
+    )
     return Engine(
         sandbox,
+        verifiers=verifiers,
         concurrency=settings.concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,

@@ -216,7 +216,8 @@ class Engine:
                 name=name,
                 available=reason is None,
                 reason=reason,
-                facts=verifier.facts(self.sandbox),
+                # In a thread: facts may probe toolchains (the code verifier's versions).
+                facts=await asyncio.to_thread(verifier.facts, self.sandbox),
             )
             for name, verifier in sorted(self.verifiers.items())
         ]

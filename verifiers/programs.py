@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from assay.sandboxes.languages import Language
 
@@ -34,10 +34,12 @@ class Program:
     build: tuple[str, ...]
     """The build command with its placeholders filled (empty for interpreted languages)."""
     token: str | None = None
+    support: dict[str, str] = field(default_factory=dict)
+    """Files beside the source for the build (a checker's `testlib.h`)."""
 
     @property
     def files(self) -> dict[str, str]:
-        return {self.file: self.source, **self.language.files}
+        return {**self.support, **self.language.files, self.file: self.source}
 
     def run_argv(self, memory_mb: int, *, test_code: bool = False) -> tuple[str, ...]:
         template = (
@@ -57,7 +59,13 @@ class TestCodePlacementError(ValueError):
     """The test code has no place for the token (no `main` function, no `end program`)."""
 
 
-def io_program(language: Language, payload: str, *, build_memory_mb: int) -> Program:
+def io_program(
+    language: Language,
+    payload: str,
+    *,
+    build_memory_mb: int,
+    support: dict[str, str] | None = None,
+) -> Program:
     stem = language.stem_of(payload)
     return Program(
         language=language,
@@ -65,6 +73,7 @@ def io_program(language: Language, payload: str, *, build_memory_mb: int) -> Pro
         stem=stem,
         file=language.file_name(stem),
         build=language.argv(language.build, stem=stem, memory_mb=build_memory_mb),
+        support=dict(support or {}),
     )
 
 
