@@ -35,9 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from code_sum import Service  # noqa: E402  (the real `assay serve` of the other benchmark)
+# The real `assay serve` of the other benchmark.
+from code_sum import Service
 
-from assay.clients import AssayClient  # noqa: E402
+from assay.clients import AssayClient
 
 ROOT = Path(__file__).resolve().parent.parent
 

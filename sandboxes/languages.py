@@ -40,7 +40,7 @@ class Language:
     version: tuple[str, ...] = ()
     unavailable: str | None = None
     address_space_mb: int = 0
-    threads: bool = False
+    spawns: bool = False
     compile_error: tuple[re.Pattern[str], ...] = ()
     memory_error: tuple[re.Pattern[str], ...] = ()
     assertion_error: tuple[re.Pattern[str], ...] = ()
@@ -132,7 +132,7 @@ def parse_languages(text: str) -> dict[str, Language]:
             version=_strings(row, "version", name),
             unavailable=row.get("unavailable"),
             address_space_mb=int(row.get("address_space_mb", 0)),
-            threads=bool(row.get("threads", False)),
+            spawns=bool(row.get("spawns", False)),
             compile_error=_patterns(row, "compile_error", name),
             memory_error=_patterns(row, "memory_error", name),
             assertion_error=_patterns(row, "assertion_error", name),

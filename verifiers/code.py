@@ -274,7 +274,7 @@ class CodeVerifier:
         # (each child tries a value; the one that survives the asserts prints the token).
         # Runtimes that start threads of their own (JVM, Go, Node, Mono) keep their process
         # limit instead.
-        if not language.threads:
+        if not language.spawns:
             limits = replace(limits, processes=1)
         try:
             program = test_code_program(

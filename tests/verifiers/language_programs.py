@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (programs, kept as their lines read)
 """One small problem in every language of the table, written for the tests of each toolchain.
 
 `main` reads a word and acts on it: `sum A B` prints A+B (the problem), `crash` fails at run
@@ -80,7 +81,7 @@ public class Solution {
         Scanner s = new Scanner(System.in);
         String w = s.next();
         if (w.equals("sum")) System.out.println(s.nextLong() + s.nextLong());
-        else if (w.equals("crash")) System.out.println(new int[1][5]);
+        else if (w.equals("crash")) System.out.println(new int[1][0] + args[5]);
         else if (w.equals("loop")) { long i = 0; while (true) i++; }
         else { List<long[]> x = new ArrayList<>(); while (true) x.add(new long[1 << 17]); }
     }
@@ -135,7 +136,7 @@ fn main() {
     match w[0] {
         "sum" => println!("{}", w[1].parse::<i64>().unwrap() + w[2].parse::<i64>().unwrap()),
         "crash" => println!("{}", w[99]),
-        "loop" => { let mut i: u64 = 0; loop { i = std::hint::black_box(i + 1); } }
+        "loop" => { let mut i: u64 = 0; loop { i = i.wrapping_add(1); if i == u64::MAX { println!("{}", i); } } }
         _ => { let mut x: Vec<Vec<u8>> = Vec::new(); loop { x.push(vec![1; 1 << 20]); } }
     }
 }
@@ -304,17 +305,17 @@ if (w[1] == 'sum') {
     "fortran": {
         "main": """program main
   implicit none
-  character(len=16) :: w
+  character(len=64) :: line, w
   integer(8) :: a, b, i
   integer, allocatable :: arr(:)
   type :: chunk
     integer, allocatable :: v(:)
   end type
   type(chunk), allocatable :: x(:), tmp(:)
-  read(*, *) w
+  read(*, '(A)') line
+  read(line, *) w
   if (trim(w) == 'sum') then
-    backspace(5)
-    read(*, *) w, a, b
+    read(line, *) w, a, b
     print '(I0)', a + b
   else if (trim(w) == 'crash') then
     error stop 3
@@ -374,7 +375,7 @@ class Program {
     static void Main() {
         var w = Console.In.ReadToEnd().Split((char[])null, StringSplitOptions.RemoveEmptyEntries);
         if (w[0] == "sum") Console.WriteLine(long.Parse(w[1]) + long.Parse(w[2]));
-        else if (w[0] == "crash") Console.WriteLine(new int[1][5]);
+        else if (w[0] == "crash") { var a = new int[1]; Console.WriteLine(a[w.Length + 5]); }
         else if (w[0] == "loop") { long i = 0; while (true) i++; }
         else { var x = new List<byte[]>(); while (true) { var b = new byte[1 << 20];
             for (int i = 0; i < b.Length; i += 4096) b[i] = 1; x.Add(b); } }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +30,10 @@ SUM_TESTS = [
 NO_ASSERTS = {"bash", "perl", "haskell"}
 
 
-@pytest.fixture(scope="module")
-async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalSandbox]:
-    box = LocalSandbox(lock_dir=tmp_path_factory.mktemp("uids"))
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    # One per test: its job slots belong to the test's event loop.
+    box = LocalSandbox(lock_dir=tmp_path / "uids")
     yield box
     await box.close()
 
