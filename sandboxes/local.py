@@ -35,14 +35,24 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from assay.sandboxes import seccomp
-from assay.sandboxes.base import Job, Limits, RunResult, ToolProcess, ToolSpec
+from assay.sandboxes import seccomp, steps
+from assay.sandboxes.base import (
+    Job,
+    Limits,
+    MultiJob,
+    Run,
+    RunResult,
+    StepResult,
+    ToolProcess,
+    ToolSpec,
+)
 from assay.sandboxes.cgroups import CgroupUnavailable, JobCgroup, MemoryCgroups, pid_alive
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
+from assay.sandboxes.warm import WarmPython, warm_source
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +255,8 @@ class LocalSandbox:
         lock_dir: Path | None = None,
         bwrap: str | None = "bwrap",
         memory_cgroups: bool = True,
+        warm_python: int = 0,
+        warm_max_uses: int = 200,
     ) -> None:
         self.isolation = isolation
         self.max_jobs = max_jobs or 2 * (os.cpu_count() or 1)
@@ -258,6 +270,12 @@ class LocalSandbox:
         # The job's uid is taken in the child by setpriv, not by Popen(user=...): that would make
         # Python fork() the whole service (2.8 ms, in the event loop's thread) instead of vfork.
         self._setpriv = shutil.which("setpriv")
+        # The runner's interpreter (`runner.py`): Debian's, where there is one.
+        self._python = (
+            "/usr/bin/python3"
+            if os.path.exists("/usr/bin/python3")
+            else shutil.which("python3", path=SANDBOX_PATH) or "python3"
+        )
         self._probe: str | None | Literal[False] = False  # False: not probed yet
         self._etc = make_etc_view() if isolation == "bwrap" and self._bwrap else None
         self._cgroups: MemoryCgroups | None = None
@@ -276,6 +294,17 @@ class LocalSandbox:
             log.info(
                 "sandbox: no per-job memory cgroup (%s): memory_mb bounds each process only",
                 self.cgroups_reason,
+            )
+        # Warm interpreters run the sandbox's own `python3`, so that programs run the same
+        # warm and cold.
+        self._warm: WarmPython | None = None
+        python = shutil.which("python3", path=SANDBOX_PATH)
+        if warm_python > 0 and isolation == "bwrap" and self._bwrap and python:
+            self._warm = WarmPython(
+                lambda spec: self._start(spec, runner_mode="warm"),
+                python=python,
+                size=warm_python,
+                max_uses=warm_max_uses,
             )
         if isolation == "unsandboxed":
             log.warning(
@@ -331,10 +360,13 @@ class LocalSandbox:
             "isolation": self.isolation,
             "uid_per_job": self._uids is not None,
             "memory_cgroup_per_job": self.cgroups_reason is None,
+            "warm_python": self._warm.facts() if self._warm is not None else None,
             **({"memory_cgroup_reason": self.cgroups_reason} if self.cgroups_reason else {}),
         }
 
     async def close(self) -> None:
+        if self._warm is not None:
+            await self._warm.close()
         if self._cgroups is not None:
             self._cgroups.close()
         if self._etc is not None:
@@ -346,6 +378,12 @@ class LocalSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
+        if self._warm is not None and warm_source(job.argv, job.files) is not None:
+            multi = MultiJob(job.argv, (Run(job.stdin, job.limits),), job.files)
+            async with contextlib.aclosing(self.run_many(multi)) as results:
+                async for step in results:
+                    return step.result
+            raise SandboxError("the warm run gave no result")
         return await self._run_checked(job)
 
     async def _run_checked(self, job: Job) -> RunResult:
@@ -354,6 +392,87 @@ class LocalSandbox:
                 return await self._run(job, None)
             with self._uids.hold() as uid:
                 return await self._run(job, uid)
+
+    async def run_many(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        reason = await self.check()
+        if reason is not None:
+            raise SandboxUnavailable(reason)
+        for name in job.files:
+            if "/" in name or name in ("", ".", ".."):
+                raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
+        # Each inner generator is closed here, not left to the garbage collector, when the
+        # caller stops early: closing is what kills the sandbox.
+        inner: AsyncGenerator[StepResult, None] | None = None
+        source = warm_source(job.argv, job.files)
+        plain = job.build is None and bool(job.runs) and all(r.argv is None for r in job.runs)
+        if self._warm is not None and source is not None and plain:
+            inner = self._warm.run_many(job, source)
+        if self.isolation != "bwrap":
+            inner = self._run_many_bare(job)
+        elif inner is None:
+            inner = self._run_many_runner(job)
+        async with contextlib.aclosing(inner):
+            async for step in inner:
+                yield step
+
+    async def _run_many_runner(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        """The sequence in one bwrap, carried out by `runner.py` in `job` mode."""
+        async with self._slots, contextlib.aclosing(self._runner_steps(job)) as steps:
+            async for step in steps:
+                yield step
+
+    async def _runner_steps(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        spec = ToolSpec(
+            argv=(self._python, "-I", "-S", "-B"),
+            files=job.files,
+            limits=steps.envelope(job),
+            ro_paths=job.ro_paths,
+        )
+        tool = await self._start(spec, runner_mode="job")
+        try:
+            no_fork = seccomp.program(processes=False) or b""
+            tool.stdin.write(steps.job_request(job, no_fork))
+            await tool.stdin.drain()
+            tool.stdin.close()
+            kinds = (["build"] if job.build else []) + ["run"] * len(job.runs)
+            oom_seen = 0
+            async with asyncio.timeout(steps.deadline_s(job)):
+                for index, kind in enumerate(kinds):
+                    frame = await steps.read_frame(tool.stdout)
+                    if frame is None:
+                        await tool.close()
+                        tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
+                        raise SandboxError(f"the sandbox runner ended early: {tail}")
+                    kills = tool.oom_kills()
+                    result = steps.step_result(*frame, oom_killed=kills > oom_seen)
+                    oom_seen = kills
+                    number = index - 1 if job.build is not None and kind == "run" else index
+                    yield StepResult(kind, number, result)  # type: ignore[arg-type]
+                    if kind == "build" and not result.ok:
+                        break
+        except (TimeoutError, ConnectionResetError, BrokenPipeError) as exc:
+            raise SandboxError(f"the sandbox runner failed: {exc!r}") from exc
+        finally:
+            await tool.close()
+
+    async def _run_many_bare(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        """Unsandboxed: each step a plain run, in one shared temporary work dir."""
+        with tempfile.TemporaryDirectory(prefix=f"assay-job-{os.getpid()}-") as workdir:
+            _write_files(Path(workdir), job.files, None)
+            sequence: list[tuple[str, Job]] = []
+            if job.build is not None:
+                sequence.append(("build", Job(argv=job.build.argv, limits=job.build.limits)))
+            for run in job.runs:
+                sequence.append(
+                    ("run", Job(argv=run.argv or job.argv, stdin=run.stdin, limits=run.limits))
+                )
+            for index, (kind, step) in enumerate(sequence):
+                async with self._slots:
+                    result = await self._run(step, None, workdir=workdir)
+                number = index - 1 if job.build is not None and kind == "run" else index
+                yield StepResult(kind, number, result)  # type: ignore[arg-type]
+                if kind == "build" and not result.ok:
+                    break
 
     def _prlimit_args(self, limits: Limits, *, nproc: bool, cpu: bool = True) -> list[str]:
         """prlimit, setting every limit but the process count unless `nproc` (see `_run`), and
@@ -383,9 +502,12 @@ class LocalSandbox:
         *,
         ro_paths: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        runner: bool = False,
     ) -> list[str]:
         """bwrap's argv for `job`, with its files from `fds`, `extra` options, host paths bound
-        read-only where they are, and `env` added to the sandbox's environment."""
+        read-only where they are, and `env` added to the sandbox's environment. A `runner`
+        job (`runner.py`) keeps CAP_SYS_ADMIN inside the sandbox's user namespace, to make
+        each run's namespaces, and sets each run's process limit itself."""
         assert self._bwrap is not None
         # Room for two files of the largest size, so that one big file meets the file-size
         # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
@@ -395,6 +517,8 @@ class LocalSandbox:
         args = [self._bwrap, *extra, "--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--uid", "1000", "--gid", "1000"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        if runner:
+            args += ["--cap-add", "CAP_SYS_ADMIN"]
         args += ["--ro-bind", "/usr", "/usr"]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
             args += _symlink_or_bind(top)
@@ -421,10 +545,12 @@ class LocalSandbox:
         # kernel then counts only the job's processes (bwrap's pid 1, the program and what it
         # starts), whatever else the host uid runs. Set outside, it would count every process
         # of that uid: the service's own, when it does not run as root.
+        if runner:
+            return [*args, "--", *job.argv]
         nproc = ["prlimit", f"--nproc={job.limits.processes + 1}", "--"]
         return [*args, "--", *nproc, *job.argv]
 
-    async def _run(self, job: Job, uid: int | None) -> RunResult:
+    async def _run(self, job: Job, uid: int | None, workdir: str | None = None) -> RunResult:
         for name in job.files:
             if "/" in name or name in ("", ".", ".."):
                 raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
@@ -460,7 +586,10 @@ class LocalSandbox:
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
                 fds = []
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-job-"))
+                if workdir is None:
+                    workdir = stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix=f"assay-job-{os.getpid()}-")
+                    )
                 _write_files(Path(workdir), job.files, uid)
                 argv = self._prlimit_args(job.limits, nproc=True) + list(job.argv)
                 cwd, env = workdir, _sandbox_env(workdir)
@@ -480,6 +609,11 @@ class LocalSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
+        return await self._start(spec)
+
+    async def _start(self, spec: ToolSpec, runner_mode: str | None = None) -> _LocalTool:
+        """Start `spec` as a tool; with `runner_mode`, its argv is the runner's interpreter,
+        which is run on `runner.py` (passed in as a memfd) in that mode."""
         job = Job(argv=spec.argv, files=spec.files, limits=spec.limits)
         for name in job.files:
             if "/" in name or name in ("", ".", ".."):
@@ -509,12 +643,26 @@ class LocalSandbox:
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
-                bwrap = self._bwrap_args(job, files, extra, ro_paths=spec.ro_paths, env=spec.env)
+                if runner_mode is not None:
+                    source = steps.runner_source()
+                    fds.append(stack.enter_context(_memfd("runner", source)))
+                    script = f"/proc/self/fd/{fds[-1]}"
+                    job = dataclasses.replace(job, argv=(*job.argv, script, runner_mode))
+                bwrap = self._bwrap_args(
+                    job,
+                    files,
+                    extra,
+                    ro_paths=spec.ro_paths,
+                    env=spec.env,
+                    runner=runner_mode is not None,
+                )
                 argv = self._prlimit_args(job.limits, nproc=False, cpu=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
                 fds = []
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-tool-"))
+                workdir = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"assay-tool-{os.getpid()}-")
+                )
                 _write_files(Path(workdir), job.files, uid)
                 argv = self._prlimit_args(job.limits, nproc=True, cpu=False) + list(job.argv)
                 cwd, env = workdir, {**_sandbox_env(workdir), **spec.env}
@@ -600,7 +748,10 @@ class _LocalTool:
         return bytes(self._stderr)
 
     def oom_killed(self) -> bool:
-        return self._cgroup is not None and self._cgroup.oom_kills() > 0
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        return self._cgroup.oom_kills() if self._cgroup is not None else 0
 
     async def close(self) -> None:
         if self._closed:
