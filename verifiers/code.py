@@ -1,16 +1,23 @@
 """The `code` verifier: programs judged by running their tests in the sandbox.
 
+Any language of the table (`sandboxes/languages.toml`, docs/languages.md). A compiled program
+is built once (`builds.py`; the compile cache keeps its artefacts or its compile error), and
+all its tests run in one multi-run sandbox start. A spec's `checker` (a special judge,
+`checker.py`) may decide each test instead of `compare`.
+
 Two kinds of test (API.md, code spec):
 - `tests`: each test runs the program on its `stdin`, and its stdout must match
   `expected_stdout` under `compare` (the convention of competitive-programming RL sets such as
   APPS, CodeContests, TACO).
 - `test_code`: the test code is appended to the program and the whole must exit 0
   (HumanEval, MBPP, MultiPL-E), having run to the end: a random token printed after the test
-  code must appear, so that a program which exits early with status 0 does not pass. Where
+  code must appear (placed per language: `programs.py`), so that a program which exits early
+  with status 0 does not pass. Where
   the language table allows, the program is fed on stdin, so that no file holds the tests or
   the token for the program to read, and the token's print vanishes with the asserts under
-  `python -O`. The program may not start processes or threads: forked children could try
-  answers against the asserts until one survives. The tests still run in the program's own
+  `python -O`. The program may not start processes or threads (unless its runtime starts
+  its own: JVM, Go, Node, Mono, shells): forked children could try answers against the
+  asserts until one survives. The tests still run in the program's own
   process, as in every HumanEval-style harness: a program that attacks its interpreter (an
   `__eq__` that always holds, a tracer that jumps over the asserts, reading the token from its
   code objects or its memory) can fake a pass (tests/verifiers/test_code.py lists them).
