@@ -93,6 +93,8 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
+        warm_python=settings.warm_python_workers,
+        warm_max_uses=settings.warm_python_max_uses,
     )
     verifiers: dict[str, Verifier] = {name: kind() for name, kind in VERIFIERS.items()}
     verifiers["code"] = CodeVerifier(

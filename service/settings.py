@@ -35,6 +35,17 @@ class Settings(BaseSettings):
         description="A memory cgroup per job where this process may make them (root, or a "
         "delegated cgroup): caps all of a job's processes and tmpfs files together.",
     )
+    warm_python_workers: int = Field(
+        default_factory=lambda: 2 * _cores(),
+        ge=0,
+        description="Warm Python interpreters (each in a long-lived sandbox) that Python "
+        "programs are forked from; 0 runs every program in a fresh sandbox and interpreter.",
+    )
+    warm_python_max_uses: int = Field(
+        default=200,
+        ge=1,
+        description="Items a warm Python interpreter serves before it is replaced by a fresh one.",
+    )
     sandbox_uid_base: int = Field(default=61000, ge=1000)
     sandbox_uid_count: int = Field(default=1000, ge=1)
     concurrency: dict[str, int] = Field(
