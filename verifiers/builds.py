@@ -97,7 +97,8 @@ async def _build(sandbox: Sandbox, program: Program, settings: BuildSettings) ->
     if compiled is None:
         raise BuildFailed("the sandbox reported no build step")
     if not compiled.ok:
-        return Built(error=_compile_error(compiled))
+        limited = compiled.timed_out or compiled.oom_killed
+        return Built(error=_compile_error(compiled), keep=not limited)
     if archive is None or not archive.ok:
         why = archive.stderr.decode(errors="replace")[-500:] if archive else "no report"
         raise BuildFailed(f"the build's artefacts could not be handed out: {why}")

@@ -33,6 +33,9 @@ class Built:
     executables: frozenset[str] = frozenset()
     error: bytes | None = None
     """The compiler's stderr when the build failed (a compile error is as repeatable)."""
+    keep: bool = True
+    """False for an outcome that may not repeat (the compiler ran out of time or memory on a
+    busy machine): it answers the copies waiting for it, and is not kept."""
 
     @property
     def size(self) -> int:
@@ -125,7 +128,7 @@ class CompileCache:
 
     def put(self, key: str, built: Built) -> None:
         self._settle(key, built)
-        if built.size > self.max_bytes:
+        if built.size > self.max_bytes or not built.keep:
             return
         old = self._entries.pop(key, None)
         if old is not None:
