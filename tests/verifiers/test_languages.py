@@ -64,7 +64,7 @@ async def test_language(sandbox: LocalSandbox, language: str) -> None:
         "compile_error": (programs["broken"], io),
         "runtime_error": (
             programs["main"],
-            {"tests": [{"stdin": "crash\n", "expected_stdout": ""}]},
+            {"tests": [{"stdin": "crash\n", "expected_stdout": ""}], "time_limit_s": 10},
         ),
         "timeout": (
             programs["main"],
