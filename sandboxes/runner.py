@@ -348,6 +348,7 @@ def _init(
         prctl(PR_SET_DUMPABLE, 0)  # the program (the same uid) may not ptrace init
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)  # init ignores what it has no handler for
+        os.write(report, f"T {time.monotonic()}\n".encode())  # set up: for diagnostics
         pid = os.fork()
     except BaseException as exc:
         os.write(report, f"E the run's set-up failed: {exc!r}\n".encode())
@@ -364,7 +365,7 @@ def _init(
         except InterruptedError:
             continue
         if got == pid:
-            os.write(report, f"S {status}\n".encode())
+            os.write(report, f"S {status}\nU {time.monotonic()}\n".encode())
             os._exit(0)  # the kernel kills whatever is left in the namespace
 
 
@@ -451,7 +452,8 @@ def run_step(
     if b"S " not in report:  # the pipes closed, yet init has not said how the program ended
         kill()
     _, _, usage = os.wait4(init, 0)
-    elapsed = time.monotonic() - started
+    ended = time.monotonic()
+    elapsed = ended - started
     cpu = usage.ru_utime + usage.ru_stime
     result: dict[str, Any] = {
         "exit": None,
@@ -469,6 +471,10 @@ def run_step(
     statuses = [int(line[2:]) for line in lines if line.startswith("S ")]
     if errors:
         result["error"] = errors[0]
+    marks = {line[0]: float(line[2:]) for line in lines if line[:2] in ("T ", "U ")}
+    if len(marks) == 2:  # where the time went: namespaces and mounts, and their teardown
+        result["setup_s"] = marks["T"] - started
+        result["teardown_s"] = ended - marks["U"]
     if statuses:
         code = os.waitstatus_to_exitcode(statuses[0])
         if code < 0:

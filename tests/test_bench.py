@@ -32,3 +32,21 @@ def test_code_sum_benchmark_runs_and_agrees(tmp_path: Path) -> None:
     assert 18 <= round_["statuses"]["passed"] <= 22
     assert report["service_rss_after_mb"] > 0
     assert "| ratio (assay / plain) |" in done.stdout
+
+
+@needs_bwrap
+def test_warm_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "warm.json"
+    command = [sys.executable, str(ROOT / "bench" / "warm.py"), "--rounds", "1", "--json", str(out)]
+    command += ["--parts", "stdin,io", "--items", "20", "--io-items", "3", "--io-tests", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(out.read_text())
+    (round_,) = report["stdin"]["rounds"]
+    assert round_["agree"]  # warm, cold, plain and the floor give every item the same reward
+    (io,) = report["io"]["rounds"]
+    # One sandbox per test, one per item, and none per item on warm workers (each started once).
+    assert io["per_test"]["sandbox_starts"] == 3 * 4
+    assert io["run_many"]["sandbox_starts"] == 3
+    assert io["warm"]["sandbox_starts"] <= 3
+    assert all(way["all_passed"] for way in io.values())

@@ -41,9 +41,9 @@ from pydantic import BaseModel
 
 from assay.clients.schema import CodeSpec
 from assay.sandboxes.base import Limits, MultiJob, Run, RunResult, Sandbox, StepResult
+from assay.sandboxes.bwrap import SANDBOX_PATH
 from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.languages import Language, languages, toolchain_versions
-from assay.sandboxes.local import SANDBOX_PATH
 from assay.verifiers.base import Status, Verdict, clip
 from assay.verifiers.builds import BuildSettings, build, run_job
 from assay.verifiers.checker import Case, CheckerError, decide

@@ -149,7 +149,9 @@ async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> Non
 
 
 async def test_a_worker_is_recycled_after_its_uses(tmp_path: Path) -> None:
-    box = LocalSandbox(lock_dir=tmp_path, warm_python=1, warm_max_uses=2)
+    box = LocalSandbox(
+        uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path, warm_python=1, warm_max_uses=2
+    )
     try:
         for _ in range(5):
             assert (await _run(box, "print(1)")).stdout == b"1\n"
@@ -199,7 +201,7 @@ IO_PROGRAMS = {
 
 
 async def test_io_verdicts_are_the_same_warm_and_cold(warm: LocalSandbox, tmp_path: Path) -> None:
-    cold = LocalSandbox(lock_dir=tmp_path / "cold")
+    cold = LocalSandbox(uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids")
     verifier = CodeVerifier()
     spec = CodeSpec.model_validate(
         {
