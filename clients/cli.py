@@ -348,7 +348,10 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         state = "available" if verifier.available else f"unavailable: {verifier.reason}"
         print(f"{verifier.name}: {state}")
         for name, lang in verifier.facts.get("languages", {}).items():
-            mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
+            if lang["available"]:
+                mark = f"yes ({lang['version']})" if lang.get("version") else "yes"
+            else:
+                mark = "no: " + str(lang.get("reason") or "needs " + ", ".join(lang["tools"]))
             print(f"  {name}: {mark}")
         for engine, info in verifier.facts.get("engines", {}).items():  # sql
             names = verifier.facts.get("databases", {}).get(engine, [])

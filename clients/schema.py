@@ -127,6 +127,29 @@ class IOTest(SpecModel):
     expected_stdout: str
 
 
+class CheckerSpec(SpecModel):
+    """A special judge: a program deciding each test instead of `compare` (testlib's convention:
+    run with the paths of the test's input, the program's output and the expected output;
+    exit status 0 accepts)."""
+
+    language: str = Field(description="a language of the table (often `cpp` or `python`)")
+    source: str = Field(min_length=1, description="the checker's program")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="files beside the checker's source for its build, e.g. `testlib.h`",
+    )
+    time_limit_s: float = Field(default=10.0, gt=0, le=300, description="per test")
+    memory_mb: int = Field(default=512, ge=16, le=65536)
+
+    @field_validator("files")
+    @classmethod
+    def _plain_names(cls, files: dict[str, str]) -> dict[str, str]:
+        for name in files:
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", name):
+                raise ValueError(f"checker file name {name!r} must be a plain file name")
+        return files
+
+
 class CodeSpec(SpecModel):
     language: str
     tests: Annotated[list[IOTest], Field(min_length=1)] | None = None
@@ -137,11 +160,14 @@ class CodeSpec(SpecModel):
     memory_mb: int = Field(default=512, ge=16, le=65536)
     partial_credit: bool = False
     stop_on_fail: bool | None = None
+    checker: CheckerSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_test(self) -> CodeSpec:
         if (self.tests is None) == (self.test_code is None):
             raise ValueError("give exactly one of `tests` and `test_code`")
+        if self.checker is not None and self.tests is None:
+            raise ValueError("a `checker` judges I/O `tests`; it does not go with `test_code`")
         return self
 
     @property
@@ -328,6 +354,7 @@ __all__ = [
     "DAFNY_FORBID",
     "UNJUDGED",
     "AssayError",
+    "CheckerSpec",
     "CodeSpec",
     "DafnySpec",
     "Extract",

@@ -297,7 +297,10 @@ class LocalSandbox:
 
     async def _runner_steps(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
         spec = ToolSpec(
-            argv=(self._python, "-I", "-S", "-B"), files=job.files, limits=steps.envelope(job)
+            argv=(self._python, "-I", "-S", "-B"),
+            files=job.files,
+            limits=steps.envelope(job),
+            ro_paths=job.ro_paths,
         )
         tool = await self._start(spec, runner_mode="job")
         try:
@@ -351,7 +354,7 @@ class LocalSandbox:
         """prlimit, setting every limit but the process count unless `nproc` (see `_run`), and
         the CPU time unless not `cpu` (a long-lived tool is limited per request instead)."""
         assert self._prlimit is not None
-        memory = limits.memory_mb << 20
+        memory = (limits.address_space_mb or limits.memory_mb) << 20
         file_size = limits.file_mb << 20
         args = [self._prlimit]
         if self._choom is not None:
@@ -407,7 +410,7 @@ class LocalSandbox:
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
-                bwrap = self._bwrap_argv(job, files, extra)
+                bwrap = self._bwrap_argv(job, files, extra, ro_paths=job.ro_paths)
                 argv = self._prlimit_args(job.limits, nproc=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:

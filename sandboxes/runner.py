@@ -222,6 +222,9 @@ class Spec:
         cpu = limits.get("cpu_s")
         self.cpu_s = float(cpu) if cpu is not None else self.wall_s + 1.0
         self.memory_mb = int(limits["memory_mb"])
+        # Room in address space beyond the memory limit, for runtimes that reserve much more
+        # than they use (JVM, Go, V8): the memory cgroup bounds what they use.
+        self.address_space_mb = int(limits.get("address_space_mb") or self.memory_mb)
         self.processes = int(limits["processes"])
         self.file_mb = int(limits["file_mb"])
         self.output_bytes = int(limits["output_bytes"])
@@ -235,7 +238,7 @@ class Spec:
 def _set_limits(spec: Spec) -> None:
     cpu = spec.cpu_rlimit
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    memory = spec.memory_mb << 20
+    memory = spec.address_space_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     size = spec.file_mb << 20
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))

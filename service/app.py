@@ -29,7 +29,16 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, SvgVerifier, Verifier
+from assay.verifiers import (
+    VERIFIERS,
+    CodeVerifier,
+    DafnyVerifier,
+    SqlVerifier,
+    SvgVerifier,
+    Verifier,
+)
+from assay.verifiers.builds import BuildSettings
+from assay.verifiers.compile_cache import CompileCache
 from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
@@ -233,6 +242,10 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     """The Engine, its verifiers and sandbox that `settings` describe."""
     sandbox = build_sandbox(settings)
     verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
+    verifiers["code"] = CodeVerifier(
+        compile_cache=CompileCache(settings.compile_cache_mb << 20),
+        build=BuildSettings(time_s=settings.build_time_s, memory_mb=settings.build_memory_mb),
+    )
     verifiers["lean"] = lean_verifier(settings)
     verifiers["dafny"] = DafnyVerifier(
         settings.dafny_home,

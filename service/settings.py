@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Result cache size in bytes (of its verdicts' text and details, roughly).",
     )
+    compile_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Compiled programs kept (binaries, class files, compile errors), in MB: a "
+        "program seen before is not compiled again.",
+    )
+    build_time_s: float = Field(default=60.0, gt=0, description="Wall-clock limit of a compile.")
+    build_memory_mb: int = Field(default=2048, ge=256, description="Memory limit of a compile.")
     max_items: int = Field(default=10_000, ge=1, description="Items per request (else 413).")
     max_body_bytes: int = Field(default=64 << 20, ge=1024, description="Body size (else 413).")
     max_pending_items: int = Field(
