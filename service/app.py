@@ -21,6 +21,7 @@ from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
 from assay.service.settings import Settings
+from assay.service.trainers import trainer_router
 
 log = logging.getLogger("assay.service")
 
@@ -189,6 +190,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 metrics.in_flight.dec(len(body.items))
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app.include_router(trainer_router(engine, authorize, admit))
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
     async def verifiers() -> VerifiersResponse:

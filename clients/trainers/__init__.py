@@ -6,6 +6,7 @@ plain Python values, so that `pip install assay` is enough on the trainer's side
 
 from __future__ import annotations
 
-from assay.clients.trainers.base import NullReward, UnjudgedError, item_from_label, reward_of
+from assay.clients.schema import item_from_label
+from assay.clients.trainers.base import NullReward, UnjudgedError, reward_of
 
 __all__ = ["NullReward", "UnjudgedError", "item_from_label", "reward_of"]

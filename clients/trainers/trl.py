@@ -28,13 +28,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from assay.clients.client import AssayClient, AsyncAssayClient
-from assay.clients.schema import ScoreItem, ScoreResult
+from assay.clients.schema import ScoreItem, ScoreResult, item_from_label
 from assay.clients.trainers.base import (
     NullReward,
     batch_facts,
     check_policy,
     completion_text,
-    item_from_label,
     rewards,
     score_all,
 )
