@@ -120,11 +120,13 @@ def item_from_label(
     spec: Any = None,
     extract: Any = None,
     ident: str | int | None = None,
+    default_verifier: str | None = None,
 ) -> ScoreItem | ScoreResult:
     """The item a label describes, or a ready `invalid_spec` result saying what is wrong.
 
     `label` is a JSON object (or its text) with `verifier`, `spec` and optionally `extract`;
-    `verifier`/`spec`/`extract` given here (from dataset columns) take precedence over it.
+    `verifier`/`spec`/`extract` given here (from dataset columns) take precedence over it;
+    `default_verifier` is used only when neither names a verifier.
     """
     try:
         raw: dict[str, Any] = {}
@@ -139,6 +141,8 @@ def item_from_label(
             raw["verifier"] = verifier
         if extract is not None:
             raw["extract"] = extract
+        if "verifier" not in raw and default_verifier is not None:
+            raw["verifier"] = default_verifier
         if "verifier" not in raw:
             raise ValueError("no verifier: the label or the dataset must name one")
         raw["spec"] = _label_spec(raw.get("spec", {}))
