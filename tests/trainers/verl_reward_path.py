@@ -25,7 +25,7 @@ from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.workers.reward_manager import BatchRewardManager
 
-# By its folder: a package of .venv-verl (pyvers's) is itself called `tests`.
+# By its folder: verl's wheel itself installs a top-level package called `tests`.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny
 
