@@ -316,7 +316,7 @@ class AsyncAssayClient:
                 yield got
         for index in range(len(batch)):
             if index not in given:
-                feedback = f"no result within the call's timeout of {limit} s"
+                feedback = f"no result within the call's time limit of {limit} s"
                 yield index, unscored(batch[index], "internal_error", feedback, retryable=True)
 
     async def score(
