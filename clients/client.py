@@ -24,7 +24,16 @@ import queue
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -190,7 +199,7 @@ class AsyncAssayClient:
 
     async def _post_stream(
         self, endpoint: _Endpoint, rows: list[dict[str, Any]], positions: list[int]
-    ) -> AsyncIterator[tuple[int, ScoreResult]]:
+    ) -> AsyncGenerator[tuple[int, ScoreResult], None]:
         """One request: each result as it comes, with the caller's index of its item."""
         async with endpoint.http.stream(
             "POST", "/v1/score/stream", json={"items": rows}
@@ -226,13 +235,15 @@ class AsyncAssayClient:
             endpoint.outstanding += len(left)
             progressed, wait = False, 0.0
             try:
-                async for index, result in self._post_stream(
-                    endpoint, [rows[i] for i in left], left
-                ):
-                    if index not in done:  # a result for an item answered before is dropped
-                        done.add(index)
-                        progressed = True
-                        await out.put((index, result))
+                # aclosing: a cancelled chunk closes its response now, not when collected.
+                async with aclosing(
+                    self._post_stream(endpoint, [rows[i] for i in left], left)
+                ) as lines:
+                    async for index, result in lines:
+                        if index not in done:  # a result for an item answered before: dropped
+                            done.add(index)
+                            progressed = True
+                            await out.put((index, result))
                 problem = f"{endpoint.url}: the stream ended before every result came"
             except _Retry as exc:
                 problem, wait = str(exc), exc.wait_s
@@ -306,8 +317,10 @@ class AsyncAssayClient:
                 given.add(got[0])
                 yield got
         finally:
-            for task in tasks:
-                task.cancel()
+            if len(given) < len(batch):  # out of time, or the caller stopped: stop the chunks
+                for task in tasks:
+                    task.cancel()
+            # Else each chunk is ending with its stream: let it, so its connection is reused.
             await asyncio.gather(*tasks, return_exceptions=True)
         while not out.empty():  # results that came while the tasks were being cancelled
             got = out.get_nowait()
