@@ -144,7 +144,10 @@ class AsyncAssayClient:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float | None = None,
     ) -> None:
+        if timeout is not None:  # the name `request_timeout` had in 0.1.0
+            request_timeout = timeout
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give at least one base URL")

@@ -20,6 +20,7 @@ from assay.clients.schema import (
 from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
+from assay.service.openapi import add_spec_schemas
 from assay.service.settings import Settings
 from assay.service.trainers import trainer_router
 
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     app.include_router(trainer_router(engine, authorize, admit))
+    add_spec_schemas(app, {n: v.spec_model for n, v in engine.verifiers.items()})
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
     async def verifiers() -> VerifiersResponse:
