@@ -235,8 +235,9 @@ class AsyncAssayClient:
         left, attempt, problem = positions, 0, ""
         while left:
             endpoint = await self._pick()  # waits while every URL is backing off
-            endpoint.outstanding += len(left)
-            progressed, wait = False, 0.0
+            sent = len(left)
+            endpoint.outstanding += sent
+            progressed, wait, too_large = False, 0.0, None
             try:
                 # aclosing: a cancelled chunk closes its response now, not when collected.
                 async with aclosing(
@@ -253,24 +254,25 @@ class AsyncAssayClient:
             except AssayHTTPError as exc:
                 if exc.status_code != 413:
                     raise
-                left = [i for i in left if i not in done]
+                too_large = exc
+            except httpx.TransportError as exc:
+                problem = f"{endpoint.url}: {type(exc).__name__}: {exc}"
+            finally:
+                endpoint.outstanding -= sent
+            left = [i for i in left if i not in done]
+            if too_large is not None:  # split in halves, down to the one item that is too large
                 if len(left) == 1:
                     done.add(left[0])
-                    feedback = f"this item alone is larger than the server takes: {exc}"
+                    feedback = f"this item alone is larger than the server takes: {too_large}"
                     await out.put((left[0], unscored(items[left[0]], "unavailable", feedback)))
                     return
                 half = len(left) // 2
                 await self._chunk(items, rows, left[:half], done, out)
                 await self._chunk(items, rows, left[half:], done, out)
                 return
-            except httpx.TransportError as exc:
-                problem = f"{endpoint.url}: {type(exc).__name__}: {exc}"
-            finally:
-                endpoint.outstanding -= len(left)
-            left = [i for i in left if i not in done]
             if progressed:
                 attempt = 0
-            else:
+            elif left:
                 self._failed(endpoint, wait)
                 attempt += 1
             if attempt > self.retries:

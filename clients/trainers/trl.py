@@ -16,8 +16,8 @@ status to `log_extra` as the `<name>_status` column of TRL's completions table.
     from assay.clients.trainers.trl import assay_reward
     trainer = GRPOTrainer(model, reward_funcs=[assay_reward("http://assay:8000")], ...)
 
-The functions carry a `close()` for the connections they opened (a process that ends needs
-no call).
+The functions carry a `close()` for the connections they opened (the async one also an
+`aclose()` for its running loop's; a process that ends needs no call).
 """
 
 from __future__ import annotations
@@ -198,8 +198,15 @@ def assay_reward_async(
                 loop.run_until_complete(c.aclose())
         clients.clear()
 
+    async def aclose() -> None:
+        """Close the client of the running loop, from inside it."""
+        c = clients.pop(asyncio.get_running_loop(), None)
+        if c is not None:
+            await c.aclose()
+
     reward.__name__ = reward.__qualname__ = name
     reward.close = close  # type: ignore[attr-defined]
+    reward.aclose = aclose  # type: ignore[attr-defined]
     return reward
 
 
