@@ -189,7 +189,9 @@ class VerifiersResponse(BaseModel):
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or an infinity is never a meaningful limit or tolerance (JSON has neither; Python's
+    # json module and an overflowing 1e999 make them).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class IOTest(SpecModel):

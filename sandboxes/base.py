@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,8 +14,11 @@ class Limits:
     """What one job may use. Every limit is enforced from outside the program."""
 
     wall_s: float = 5.0
+    """Wall-clock seconds: a program that sleeps or waits is stopped by this."""
     cpu_s: float | None = None
-    """CPU seconds; `None` means the wall-clock limit plus one second."""
+    """CPU seconds (all the program's threads; for runs of `run_many`, its children waited
+    for too): a program that spins is stopped by this. `None`: the wall-clock limit plus one
+    second."""
     memory_mb: int = 512
     """Address space of each process; where the sandbox has a per-job cgroup, also the job's
     memory as a whole (all its processes), with room for its files in memory on top."""
@@ -48,14 +51,28 @@ class RunResult:
     stdout: bytes
     stderr: bytes
     time_s: float
+    """Wall-clock time."""
     timed_out: bool = False
-    """Killed at the wall-clock deadline or by the CPU limit."""
+    """Killed at the wall-clock deadline or by the CPU limit (`cpu_timed_out` says which)."""
     output_exceeded: bool = False
     """Printed more than `Limits.output_bytes` on stdout or stderr."""
     file_exceeded: bool = False
     """Tried to write a file larger than `Limits.file_mb`, or filled its work dir."""
     oom_killed: bool = False
     """Killed by a memory limit that the sandbox can observe (cgroups, containers)."""
+    host_pressure: bool = False
+    """Killed where the job may not have reached its own limits: an OOM kill that came from
+    outside its memory cgroup (the host's or a container's shortage), or, without a cgroup, a
+    SIGKILL the sandbox did not send. A rerun may end otherwise: verdicts resting on it are
+    not cached."""
+    cpu_time_s: float | None = None
+    """CPU time, user and system, of the program and the children it waited for (`None`
+    where the sandbox does not measure it)."""
+    memory_kb: int | None = None
+    """Peak resident memory of its largest process, in KiB (`None` where not measured); a
+    program forked from a warm interpreter counts the interpreter's pages it shares too."""
+    cpu_timed_out: bool = False
+    """Stopped by (or found over) the CPU-time limit rather than the wall clock."""
 
     @property
     def ok(self) -> bool:
@@ -71,6 +88,49 @@ class RunResult:
             return signal.Signals(self.signal).name
         except ValueError:
             return f"signal {self.signal}"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a `MultiJob`: its stdin and limits, and its argv if not the job's."""
+
+    stdin: bytes = b""
+    limits: Limits = field(default_factory=Limits)
+    argv: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """The step before the runs (compile, byte-compile, type-check), in the same work dir."""
+
+    argv: tuple[str, ...]
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class MultiJob:
+    """One sandbox start for a sequence: `build` (if any), then each of `runs`.
+
+    The build runs in a work dir holding `files`; what it leaves there (a binary, class
+    files) stays for the runs. Each run gets its own fresh work dir holding those files
+    read-only (it may write others beside them), its own /tmp, processes and limits, fed its
+    own stdin. A build that fails (not exit 0, or over a limit) ends the sequence. Limits
+    that hold for the whole sandbox (its memory cgroup, its work dir's size) are the largest
+    of the steps'."""
+
+    argv: tuple[str, ...]
+    runs: tuple[Run, ...]
+    files: Mapping[str, str | bytes] = field(default_factory=dict)
+    build: Build | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step of a `MultiJob` did: the build (`index` 0) or run number `index`."""
+
+    kind: Literal["build", "run"]
+    index: int
+    result: RunResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +184,13 @@ class Sandbox(Protocol):
 
     async def run(self, job: Job) -> RunResult:
         """Run one job. Raises `SandboxUnavailable` or `SandboxError` if the sandbox fails."""
+        ...
+
+    def run_many(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        """Run a build and its runs in one sandbox start, yielding each step's result as it
+        finishes (the build first). Stopping the iteration early (leaving the loop; close the
+        iterator with `contextlib.aclosing`) stops the sequence and kills what runs. Raises
+        `SandboxUnavailable` or `SandboxError` if the sandbox fails."""
         ...
 
     def unavailable_reason(self) -> str | None:

@@ -33,10 +33,25 @@ class Layout:
     limit: str
     swap_limit: str
     oom_events: str  # a file with a line "oom_kill N"
+    # Whether a job reached its own cap (an OOM kill of one of its processes without that came
+    # from above: the host's or a container's memory pressure). v2 counts it, as the "oom"
+    # events of memory.events (the OOM killer ran because of this cgroup's max). v1's failcnt
+    # stays 0 on recent kernels, so there it is the peak usage, reset for each job, against
+    # the cap.
+    peak: str | None
 
 
-V1 = Layout(1, "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.oom_control")
-V2 = Layout(2, "memory.max", "memory.swap.max", "memory.events")
+V1 = Layout(
+    1,
+    "memory.limit_in_bytes",
+    "memory.memsw.limit_in_bytes",
+    "memory.oom_control",
+    "memory.max_usage_in_bytes",
+)
+V2 = Layout(2, "memory.max", "memory.swap.max", "memory.events", None)
+# How far below its cap a job's peak may be and still have reached it: charges are made in
+# batches (64 pages), and a kill may come just before the last one.
+_CAP_MARGIN = 4 << 20
 
 
 class CgroupUnavailable(Exception):
@@ -82,6 +97,15 @@ def _under(mount: tuple[str, str], path: str) -> Path:
 
 
 _INSTANCES = itertools.count()
+
+
+def _counter(path: Path, key: str) -> int:
+    """A cgroup file's counter: its line `key N`."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
 
 
 def pid_alive(pid: int) -> bool:
@@ -172,13 +196,21 @@ class MemoryCgroups:
         limit.write_text(str(limit_bytes))
         if has_swap:
             swap.write_text(str(limit_bytes))
+        assert self.layout.peak is not None
+        (path / self.layout.peak).write_text("0")  # the peak from now: the usage now
 
     def _oom_kills(self, path: Path) -> int:
-        for line in (path / self.layout.oom_events).read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return _counter(path / self.layout.oom_events, "oom_kill")
+
+    def _cap_hits(self, path: Path) -> int:
+        """v2: how often this cgroup's own cap made the OOM killer run."""
+        return _counter(path / self.layout.oom_events, "oom")
+
+    def _cap_reached_since_reset(self, path: Path) -> bool:
+        """v1: whether the usage, since `_cap` reset its peak, came within reach of the cap."""
+        assert self.layout.peak is not None
+        cap = int((path / self.layout.limit).read_text())
+        return int((path / self.layout.peak).read_text()) >= cap - _CAP_MARGIN
 
     def close(self) -> None:
         """Remove every job cgroup, and the base."""
@@ -196,6 +228,7 @@ class JobCgroup:
     def __init__(self, owner: MemoryCgroups, path: Path, procs: int) -> None:
         self.owner, self.path, self._procs = owner, path, procs
         self._oom_before = owner._oom_kills(path)
+        self._cap_before = owner._cap_hits(path) if owner.layout.version == 2 else 0
 
     def add(self, pid: int) -> None:
         """Move process `pid` (not its existing children) into this cgroup."""
@@ -211,6 +244,12 @@ class JobCgroup:
     def oom_kills(self) -> int:
         """Processes the kernel killed in this cgroup for memory during this job."""
         return self.owner._oom_kills(self.path) - self._oom_before
+
+    def cap_reached(self) -> bool:
+        """Whether the job reached its own cap during this job (not only its host's)."""
+        if self.owner.layout.version == 1:
+            return self.owner._cap_reached_since_reset(self.path)
+        return self.owner._cap_hits(self.path) > self._cap_before
 
     def abandon(self) -> None:
         """Give back a cgroup no job entered."""

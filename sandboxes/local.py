@@ -29,20 +29,31 @@ import json
 import logging
 import os
 import random
+import resource
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from assay.sandboxes import seccomp
-from assay.sandboxes.base import Job, Limits, RunResult, ToolProcess, ToolSpec
+from assay.sandboxes import seccomp, steps
+from assay.sandboxes.base import (
+    Job,
+    Limits,
+    MultiJob,
+    Run,
+    RunResult,
+    StepResult,
+    ToolProcess,
+    ToolSpec,
+)
 from assay.sandboxes.cgroups import CgroupUnavailable, JobCgroup, MemoryCgroups, pid_alive
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
+from assay.sandboxes.warm import WarmPython, warm_source
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +95,14 @@ ETC_ALLOWED = (
 # for a previous job's zombies over the process limit.
 _NOFILE = 256
 _NPROC_SLACK = 8
+# POSIX message queues: their bytes (RLIMIT_MSGQUEUE); the kernel's default is 800 KiB, but the
+# service's own limit, which jobs would inherit, may have been raised (`ulimit -q unlimited`).
+_MSGQUEUE = 1 << 20
+# Jobs are the OOM killer's first choice, before the service (a memory shortage of the host or
+# container then costs a job, which is judged again, not every item in flight).
+_OOM_SCORE_ADJ = 1000
+# Host configuration under /usr, hidden like the rest of /etc is: the job sees empty dirs.
+_USR_ETC = ("/usr/local/etc", "/usr/etc")
 
 Isolation = Literal["bwrap", "unsandboxed"]
 T = TypeVar("T")
@@ -240,6 +259,8 @@ class LocalSandbox:
         lock_dir: Path | None = None,
         bwrap: str | None = "bwrap",
         memory_cgroups: bool = True,
+        warm_python: int = 0,
+        warm_max_uses: int = 200,
     ) -> None:
         self.isolation = isolation
         self.max_jobs = max_jobs or 2 * (os.cpu_count() or 1)
@@ -250,9 +271,23 @@ class LocalSandbox:
         self._uids = UidPool(uid_base, uid_count, lock_dir) if self._as_root else None
         self._bwrap = shutil.which(bwrap) if bwrap else None
         self._prlimit = shutil.which("prlimit")
+        self._choom = shutil.which("choom")
+        # Lowered, never raised: a job without privileges may not raise a hard limit.
+        hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1]
+        self._msgqueue = _MSGQUEUE if hard == resource.RLIM_INFINITY else min(hard, _MSGQUEUE)
+        if self._choom is None:
+            log.warning(
+                "sandbox: choom (util-linux) is missing: jobs are not the OOM killer's first choice"
+            )
         # The job's uid is taken in the child by setpriv, not by Popen(user=...): that would make
         # Python fork() the whole service (2.8 ms, in the event loop's thread) instead of vfork.
         self._setpriv = shutil.which("setpriv")
+        # The runner's interpreter (`runner.py`): Debian's, where there is one.
+        self._python = (
+            "/usr/bin/python3"
+            if os.path.exists("/usr/bin/python3")
+            else shutil.which("python3", path=SANDBOX_PATH) or "python3"
+        )
         self._probe: str | None | Literal[False] = False  # False: not probed yet
         self._etc = make_etc_view() if isolation == "bwrap" and self._bwrap else None
         self._cgroups: MemoryCgroups | None = None
@@ -271,6 +306,17 @@ class LocalSandbox:
             log.info(
                 "sandbox: no per-job memory cgroup (%s): memory_mb bounds each process only",
                 self.cgroups_reason,
+            )
+        # Warm interpreters run the sandbox's own `python3`, so that programs run the same
+        # warm and cold.
+        self._warm: WarmPython | None = None
+        python = shutil.which("python3", path=SANDBOX_PATH)
+        if warm_python > 0 and isolation == "bwrap" and self._bwrap and python:
+            self._warm = WarmPython(
+                lambda spec: self._start(spec, runner_mode="warm"),
+                python=python,
+                size=warm_python,
+                max_uses=warm_max_uses,
             )
         if isolation == "unsandboxed":
             log.warning(
@@ -326,10 +372,13 @@ class LocalSandbox:
             "isolation": self.isolation,
             "uid_per_job": self._uids is not None,
             "memory_cgroup_per_job": self.cgroups_reason is None,
+            "warm_python": self._warm.facts() if self._warm is not None else None,
             **({"memory_cgroup_reason": self.cgroups_reason} if self.cgroups_reason else {}),
         }
 
     async def close(self) -> None:
+        if self._warm is not None:
+            await self._warm.close()
         if self._cgroups is not None:
             self._cgroups.close()
         if self._etc is not None:
@@ -341,6 +390,12 @@ class LocalSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
+        if self._warm is not None and warm_source(job.argv, job.files) is not None:
+            multi = MultiJob(job.argv, (Run(job.stdin, job.limits),), job.files)
+            async with contextlib.aclosing(self.run_many(multi)) as results:
+                async for step in results:
+                    return step.result
+            raise SandboxError("the warm run gave no result")
         return await self._run_checked(job)
 
     async def _run_checked(self, job: Job) -> RunResult:
@@ -350,6 +405,86 @@ class LocalSandbox:
             with self._uids.hold() as uid:
                 return await self._run(job, uid)
 
+    async def run_many(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        reason = await self.check()
+        if reason is not None:
+            raise SandboxUnavailable(reason)
+        for name in job.files:
+            if "/" in name or name in ("", ".", ".."):
+                raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
+        # Each inner generator is closed here, not left to the garbage collector, when the
+        # caller stops early: closing is what kills the sandbox.
+        inner: AsyncGenerator[StepResult, None] | None = None
+        source = warm_source(job.argv, job.files)
+        plain = job.build is None and bool(job.runs) and all(r.argv is None for r in job.runs)
+        if self._warm is not None and source is not None and plain:
+            inner = self._warm.run_many(job, source)
+        if self.isolation != "bwrap":
+            inner = self._run_many_bare(job)
+        elif inner is None:
+            inner = self._run_many_runner(job)
+        async with contextlib.aclosing(inner):
+            async for step in inner:
+                yield step
+
+    async def _run_many_runner(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        """The sequence in one bwrap, carried out by `runner.py` in `job` mode."""
+        async with self._slots, contextlib.aclosing(self._runner_steps(job)) as steps:
+            async for step in steps:
+                yield step
+
+    async def _runner_steps(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        spec = ToolSpec(
+            argv=(self._python, "-I", "-S", "-B"), files=job.files, limits=steps.envelope(job)
+        )
+        tool = await self._start(spec, runner_mode="job")
+        try:
+            no_fork = seccomp.program(processes=False) or b""
+            tool.stdin.write(steps.job_request(job, no_fork))
+            await tool.stdin.drain()
+            tool.stdin.close()
+            kinds = (["build"] if job.build else []) + ["run"] * len(job.runs)
+            oom_seen = 0
+            async with asyncio.timeout(steps.deadline_s(job)):
+                for index, kind in enumerate(kinds):
+                    frame = await steps.read_frame(tool.stdout)
+                    if frame is None:
+                        await tool.close()
+                        tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
+                        raise SandboxError(f"the sandbox runner ended early: {tail}")
+                    kills = tool.oom_kills()
+                    result = tool.with_pressure(
+                        steps.step_result(*frame, oom_killed=False), kills > oom_seen
+                    )
+                    oom_seen = kills
+                    number = index - 1 if job.build is not None and kind == "run" else index
+                    yield StepResult(kind, number, result)  # type: ignore[arg-type]
+                    if kind == "build" and not result.ok:
+                        break
+        except (TimeoutError, ConnectionResetError, BrokenPipeError) as exc:
+            raise SandboxError(f"the sandbox runner failed: {exc!r}") from exc
+        finally:
+            await tool.close()
+
+    async def _run_many_bare(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        """Unsandboxed: each step a plain run, in one shared temporary work dir."""
+        with tempfile.TemporaryDirectory(prefix=f"assay-job-{os.getpid()}-") as workdir:
+            _write_files(Path(workdir), job.files, None)
+            sequence: list[tuple[str, Job]] = []
+            if job.build is not None:
+                sequence.append(("build", Job(argv=job.build.argv, limits=job.build.limits)))
+            for run in job.runs:
+                sequence.append(
+                    ("run", Job(argv=run.argv or job.argv, stdin=run.stdin, limits=run.limits))
+                )
+            for index, (kind, step) in enumerate(sequence):
+                async with self._slots:
+                    result = await self._run(step, None, workdir=workdir)
+                number = index - 1 if job.build is not None and kind == "run" else index
+                yield StepResult(kind, number, result)  # type: ignore[arg-type]
+                if kind == "build" and not result.ok:
+                    break
+
     def _prlimit_args(self, limits: Limits, *, nproc: bool, cpu: bool = True) -> list[str]:
         """prlimit, setting every limit but the process count unless `nproc` (see `_run`), and
         the CPU time unless not `cpu` (a long-lived tool is limited per request instead)."""
@@ -357,6 +492,8 @@ class LocalSandbox:
         memory = limits.memory_mb << 20
         file_size = limits.file_mb << 20
         args = [self._prlimit]
+        if self._choom is not None:
+            args = [self._choom, "-n", str(_OOM_SCORE_ADJ), "--", *args]
         if cpu or limits.cpu_s is not None:
             seconds = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1) + 1
             args.append(f"--cpu={seconds}:{seconds + 1}")
@@ -364,6 +501,7 @@ class LocalSandbox:
             f"--as={memory}",
             f"--fsize={file_size}",
             f"--nofile={_NOFILE}",
+            f"--msgqueue={self._msgqueue}",
             "--core=0",
         ]
         if nproc:  # a previous job's zombies may hold the uid for a moment: some slack
@@ -378,9 +516,12 @@ class LocalSandbox:
         *,
         ro_paths: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        runner: bool = False,
     ) -> list[str]:
         """bwrap's argv for `job`, with its files from `fds`, `extra` options, host paths bound
-        read-only where they are, and `env` added to the sandbox's environment."""
+        read-only where they are, and `env` added to the sandbox's environment. A `runner`
+        job (`runner.py`) keeps CAP_SYS_ADMIN inside the sandbox's user namespace, to make
+        each run's namespaces, and sets each run's process limit itself."""
         assert self._bwrap is not None
         # Room for two files of the largest size, so that one big file meets the file-size
         # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
@@ -390,7 +531,12 @@ class LocalSandbox:
         args = [self._bwrap, *extra, "--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--uid", "1000", "--gid", "1000"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        if runner:
+            args += ["--cap-add", "CAP_SYS_ADMIN"]
         args += ["--ro-bind", "/usr", "/usr"]
+        for hidden in _USR_ETC:
+            if os.path.isdir(hidden):
+                args += ["--size", "4096", "--tmpfs", hidden, "--remount-ro", hidden]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
             args += _symlink_or_bind(top)
         assert self._etc is not None
@@ -398,7 +544,12 @@ class LocalSandbox:
         # bwrap's /dev is a tmpfs of its own, with no size: shared memory gets a sized one and
         # the rest of /dev is read-only (its device nodes still work).
         shm = str(job.limits.file_mb << 20)
-        args += ["--size", shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+        args += ["--size", shm, "--tmpfs", "/dev/shm"]
+        # No ptys: each is taken from a host-wide count (kernel.pty.max), and a job has no use
+        # for a terminal. An empty read-only mount hides bwrap's devpts, so /dev/ptmx (a link
+        # into it) leads nowhere.
+        args += ["--size", "4096", "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts"]
+        args += ["--remount-ro", "/dev"]
         args += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR]
         for name, fd in fds.items():
             args += ["--perms", "0644", "--file", str(fd), f"{WORK_DIR}/{name}"]
@@ -416,10 +567,12 @@ class LocalSandbox:
         # kernel then counts only the job's processes (bwrap's pid 1, the program and what it
         # starts), whatever else the host uid runs. Set outside, it would count every process
         # of that uid: the service's own, when it does not run as root.
+        if runner:
+            return [*args, "--", *job.argv]
         nproc = ["prlimit", f"--nproc={job.limits.processes + 1}", "--"]
         return [*args, "--", *nproc, *job.argv]
 
-    async def _run(self, job: Job, uid: int | None) -> RunResult:
+    async def _run(self, job: Job, uid: int | None, workdir: str | None = None) -> RunResult:
         for name in job.files:
             if "/" in name or name in ("", ".", ".."):
                 raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
@@ -455,7 +608,10 @@ class LocalSandbox:
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
                 fds = []
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-job-"))
+                if workdir is None:
+                    workdir = stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix=f"assay-job-{os.getpid()}-")
+                    )
                 _write_files(Path(workdir), job.files, uid)
                 argv = self._prlimit_args(job.limits, nproc=True) + list(job.argv)
                 cwd, env = workdir, _sandbox_env(workdir)
@@ -465,7 +621,13 @@ class LocalSandbox:
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
             result = await _execute(argv, job, uid, cwd, env, fds, enter, on_start)
             if cgroup is not None and cgroup.oom_kills():
-                result = dataclasses.replace(result, oom_killed=True)
+                result = dataclasses.replace(
+                    result, oom_killed=True, host_pressure=not cgroup.cap_reached()
+                )
+            elif cgroup is None and result.signal == signal.SIGKILL and not result.timed_out:
+                # Not the sandbox's kill (deadline, output cap): the program's own, or the OOM
+                # killer's, which without a cgroup cannot be told apart.
+                result = dataclasses.replace(result, host_pressure=not result.output_exceeded)
             return result
         raise AssertionError("unreachable")
 
@@ -475,6 +637,11 @@ class LocalSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
+        return await self._start(spec)
+
+    async def _start(self, spec: ToolSpec, runner_mode: str | None = None) -> _LocalTool:
+        """Start `spec` as a tool; with `runner_mode`, its argv is the runner's interpreter,
+        which is run on `runner.py` (passed in as a memfd) in that mode."""
         job = Job(argv=spec.argv, files=spec.files, limits=spec.limits)
         for name in job.files:
             if "/" in name or name in ("", ".", ".."):
@@ -504,12 +671,26 @@ class LocalSandbox:
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
-                bwrap = self._bwrap_args(job, files, extra, ro_paths=spec.ro_paths, env=spec.env)
+                if runner_mode is not None:
+                    source = steps.runner_source()
+                    fds.append(stack.enter_context(_memfd("runner", source)))
+                    script = f"/proc/self/fd/{fds[-1]}"
+                    job = dataclasses.replace(job, argv=(*job.argv, script, runner_mode))
+                bwrap = self._bwrap_args(
+                    job,
+                    files,
+                    extra,
+                    ro_paths=spec.ro_paths,
+                    env=spec.env,
+                    runner=runner_mode is not None,
+                )
                 argv = self._prlimit_args(job.limits, nproc=False, cpu=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}
             else:
                 fds = []
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-tool-"))
+                workdir = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"assay-tool-{os.getpid()}-")
+                )
                 _write_files(Path(workdir), job.files, uid)
                 argv = self._prlimit_args(job.limits, nproc=True, cpu=False) + list(job.argv)
                 cwd, env = workdir, {**_sandbox_env(workdir), **spec.env}
@@ -595,7 +776,25 @@ class _LocalTool:
         return bytes(self._stderr)
 
     def oom_killed(self) -> bool:
-        return self._cgroup is not None and self._cgroup.oom_kills() > 0
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        return self._cgroup.oom_kills() if self._cgroup is not None else 0
+
+    def with_pressure(self, result: RunResult, oom: bool) -> RunResult:
+        """`result` of a step that ran in this tool, told whether an OOM kill came with it:
+        marked `host_pressure` where the kill may have come from outside the job's own cap
+        (as `_run` does for a one-off job), so that its verdict is not cached."""
+        if oom:
+            reached = self._cgroup is not None and self._cgroup.cap_reached()
+            return dataclasses.replace(result, oom_killed=True, host_pressure=not reached)
+        if (
+            self._cgroup is None
+            and result.signal == signal.SIGKILL
+            and not (result.timed_out or result.output_exceeded)
+        ):
+            return dataclasses.replace(result, host_pressure=True)
+        return result
 
     async def close(self) -> None:
         if self._closed:

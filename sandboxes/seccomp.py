@@ -6,6 +6,15 @@ What it refuses, and why:
   memory that a cgroup v1 memory limit does not count (a red-team run held 2.9 GB with a
   224 MB cap). AF_UNIX sockets and pipes are counted, and are what programs use locally.
 - io_uring (`ENOSYS`): it can make sockets without calling socket().
+- System V IPC: shared memory, message queues and semaphores (`ENOSYS`, as on a kernel built
+  without it). The job's IPC namespace has the kernel's default limits, which are near
+  unlimited (a red-team job with `memory_mb: 128` held 600 MB in one segment), and a segment
+  no process maps is in no address space, so RLIMIT_AS does not count it. POSIX shared memory
+  (`shm_open`: files in the sized `/dev/shm`) and POSIX message queues (RLIMIT_MSGQUEUE) are
+  what programs use instead.
+- the kernel's keyrings: add_key, request_key, keyctl (`ENOSYS`). They are not namespaced: a
+  job could read the keys of the session keyring it inherits from the service (a container
+  runtime's default profile refuses them for the same reason).
 - for jobs that may not start processes (`processes == 1`): fork, vfork and clone (`EAGAIN`,
   as at a process limit) and clone3 (`ENOSYS`, so that libc falls back to clone). This holds
   whatever uid the job runs as, where RLIMIT_NPROC needs a uid per job.
@@ -47,9 +56,24 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         0xC000003E,
         {
             "socket": 41,
+            "shmget": 29,
+            "shmat": 30,
+            "shmctl": 31,
             "clone": 56,
             "fork": 57,
             "vfork": 58,
+            "semget": 64,
+            "semop": 65,
+            "semctl": 66,
+            "shmdt": 67,
+            "msgget": 68,
+            "msgsnd": 69,
+            "msgrcv": 70,
+            "msgctl": 71,
+            "semtimedop": 220,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
             "io_uring_setup": 425,
             "io_uring_enter": 426,
             "io_uring_register": 427,
@@ -59,7 +83,22 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "aarch64": (
         0xC00000B7,
         {
+            "msgget": 186,
+            "msgctl": 187,
+            "msgrcv": 188,
+            "msgsnd": 189,
+            "semget": 190,
+            "semctl": 191,
+            "semtimedop": 192,
+            "semop": 193,
+            "shmget": 194,
+            "shmctl": 195,
+            "shmat": 196,
+            "shmdt": 197,
             "socket": 198,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
             "clone": 220,
             "io_uring_setup": 425,
             "io_uring_enter": 426,
@@ -68,6 +107,25 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         },
     ),
 }
+
+
+_SYSV_IPC = (
+    "shmget",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semctl",
+)
+
+
+_KEYRINGS = ("add_key", "request_key", "keyctl")
 
 
 class _Assembler:
@@ -110,7 +168,7 @@ def program(*, processes: bool) -> bytes | None:
     if known is None:
         return None
     arch, numbers = known
-    refused = {"io_uring_setup", "io_uring_enter", "io_uring_register"}
+    refused = {"io_uring_setup", "io_uring_enter", "io_uring_register", *_SYSV_IPC, *_KEYRINGS}
     again: set[str] = set()
     if not processes:
         refused.add("clone3")

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 
 from assay.clients.schema import (
     IndexedResult,
@@ -31,6 +39,122 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as JSON, always: UTF-8 where the text allows; a string holding a lone surrogate
+    (a client may send one in an `id`, as the escape `\\ud800`) comes back escaped the same way
+    (all of that document in ASCII), and a non-finite number (an overflowing `1e999` in a 422's
+    echo of the input) as its name in a string."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+    except UnicodeEncodeError:
+        return json_bytes_ascii(value)
+    except ValueError:
+        return json_bytes_ascii(_finite(value))
+
+
+def json_bytes_ascii(value: Any) -> bytes:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False, separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
+_ECHO = 1000  # the largest input a 422 shows back
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range for a double")
+    return value
+
+
+def strict_json(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: no NaN, Infinity or -Infinity (Python's json takes them), and no
+    number that overflows a double; either is a 422 with the reason, not a 500 later on."""
+    try:
+        return json.loads(body, parse_constant=_not_json, parse_float=_finite_number)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, a 5,000-digit integer
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise json.JSONDecodeError(reason, "", 0) from None
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Routes whose JSON bodies are read by `strict_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
+
+
+class ApiKeys:
+    """Answers 401 to a `/v1/*` request without a configured key before anything reads its
+    body: an unauthenticated 30 MB body had been read and parsed first (the service grew from
+    54 MB to 877 MB for a 401)."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            if not header and scope["path"].startswith("/v1/trainers/"):
+                # OpenRLHF and slime send no headers: their key may come in the URL.
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                header = f"Bearer {query.get('api_key', [''])[0]}".encode("latin-1")
+            scheme, _, key = header.partition(b" ")
+            # Every key is compared, whatever matched: the time says nothing of which did.
+            matches = [hmac.compare_digest(key.strip(), k) for k in self.keys]
+            if scheme.lower() != b"bearer" or not any(matches):
+                response = SafeJSONResponse(
+                    {"detail": "missing or wrong API key"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client of `request` (whose body was read) has gone away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class BodyLimit:
@@ -98,6 +222,7 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         concurrency=settings.concurrency,
         default_concurrency=settings.default_concurrency,
         cache_entries=settings.cache_entries,
+        cache_bytes=settings.cache_bytes,
         max_item_s=settings.max_item_s,
         observer=observer,
     )
@@ -123,23 +248,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         summary="Sandboxed verifiers for RL with verifiable rewards.",
         version="1",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
+    app.router.route_class = StrictJSONRoute
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
+    # The last added is the outermost: the key is checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeys, keys=settings.api_keys)
     retry = {"Retry-After": str(settings.retry_after_s)}
 
-    def authorize(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        ok = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in settings.api_keys
-        )
-        if not ok:
-            raise HTTPException(
-                401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
-            )
+    @app.exception_handler(RequestValidationError)
+    async def invalid_envelope(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own answer, less the echo of large inputs (a 60 MB completion of the wrong
+        # type came back whole).
+        errors = [
+            {k: v for k, v in e.items() if k != "input" or len(repr(v)) <= _ECHO}
+            for e in exc.errors()
+        ]
+        return SafeJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     def admit(body: ScoreRequest, endpoint: str) -> None:
         n = len(body.items)
@@ -161,20 +287,29 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
-        dependencies=[Depends(authorize)],
         summary="Score a batch; results in the items' order.",
     )
-    async def score(body: ScoreRequest) -> ScoreResponse:
+    async def score(body: ScoreRequest, request: Request) -> Response:
         admit(body, "score")
         metrics.in_flight.inc(len(body.items))
+        work = asyncio.ensure_future(engine.score(body.items))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return ScoreResponse(results=await engine.score(body.items))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # the client went away: its items' work stops
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return Response(status_code=499)
+            results = ScoreResponse(results=work.result()).model_dump(mode="json")
+            return Response(json_bytes(results), media_type="application/json")
         finally:
+            gone.cancel()
+            work.cancel()
             metrics.in_flight.dec(len(body.items))
 
     @app.post(
         "/v1/score/stream",
-        dependencies=[Depends(authorize)],
         summary="Score a batch; NDJSON, one result per line as each finishes, with `index`.",
         responses={200: {"content": {"application/x-ndjson": {}}, "model": IndexedResult}},
     )
@@ -186,16 +321,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             try:
                 async for index, result in engine.stream(body.items):
                     line = IndexedResult(index=index, **result.model_dump())
-                    yield line.model_dump_json().encode() + b"\n"
+                    yield json_bytes(line.model_dump(mode="json")) + b"\n"
             finally:
                 metrics.in_flight.dec(len(body.items))
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    app.include_router(trainer_router(engine, authorize, admit))
+    app.include_router(trainer_router(engine, admit, StrictJSONRoute))
     add_spec_schemas(app, {n: v.spec_model for n, v in engine.verifiers.items()})
 
-    @app.get("/v1/verifiers", response_model=VerifiersResponse, dependencies=[Depends(authorize)])
+    @app.get("/v1/verifiers", response_model=VerifiersResponse)
     async def verifiers() -> VerifiersResponse:
         return await engine.describe()
 

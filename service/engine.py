@@ -23,13 +23,26 @@ from assay.clients.schema import ScoreItem, ScoreResult, VerifierInfo, Verifiers
 from assay.sandboxes.base import Sandbox
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 from assay.verifiers import VERIFIERS, ExtractError, Status, Verdict, Verifier, extract
-from assay.verifiers.base import clip
+from assay.verifiers.base import clip, escape_controls
 
 log = logging.getLogger(__name__)
 
 # Verdicts that could differ on a rerun (load-dependent time-outs, the service's own failures)
 # are not cached.
 _UNCACHEABLE = {Status.TIMEOUT, Status.UNAVAILABLE, Status.INTERNAL_ERROR}
+
+
+# Items whose completion or spec is larger than this are prepared (extraction, hashing) in a
+# worker thread, off the event loop; smaller ones cost less than the hand-over.
+_PREPARE_INLINE = 64 << 10
+
+
+@dataclass(slots=True)
+class _Run:
+    """One key's judging, shared by every item in flight with that key, in any request."""
+
+    task: asyncio.Task[Verdict]
+    waiters: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,7 @@ class Engine:
         concurrency: Mapping[str, int] | None = None,
         default_concurrency: int = 4,
         cache_entries: int = 100_000,
+        cache_bytes: int = 256 << 20,
         max_item_s: float = 600.0,
         observer: Observer | None = None,
     ) -> None:
@@ -79,7 +93,10 @@ class Engine:
             name: asyncio.Semaphore(limits.get(name, default_concurrency))
             for name in self.verifiers
         }
-        self.cache: Any = _cache(cache_entries)
+        self.cache: Any = _cache(cache_entries, cache_bytes)
+        # Every key being judged now, over all requests: a re-sent item (a client's retry after
+        # a read timeout) joins the run in flight instead of starting another.
+        self._running: dict[str, _Run] = {}
         self.max_item_s = max_item_s
         self.observer = observer or Observer()
         self.in_flight = 0
@@ -87,6 +104,16 @@ class Engine:
     # -- one item -----------------------------------------------------------------------------
 
     def _prepare(self, item: ScoreItem) -> _Prepared:
+        if isinstance(item.id, str) and _lone_surrogate(item.id) is not None:
+            # It cannot be echoed as UTF-8 JSON, and as an escape most JSON parsers (pydantic's,
+            # orjson, serde) refuse it: the item is not judged, and says why.
+            return _Prepared(
+                early=Verdict.unjudged(
+                    Status.INVALID_SPEC,
+                    "id: a lone surrogate (U+D800 to U+DFFF), which UTF-8 JSON cannot carry; "
+                    "it is echoed with U+FFFD in its place",
+                )
+            )
         verifier = self.verifiers.get(item.verifier)
         if verifier is None:
             known = ", ".join(sorted(self.verifiers)) or "none"
@@ -106,15 +133,61 @@ class Engine:
         reason = verifier.check(spec, self.sandbox)
         if reason is not None:
             return _Prepared(verifier=verifier, early=Verdict.unjudged(Status.UNAVAILABLE, reason))
+        dumped = spec.model_dump(mode="json")
+        where = _lone_surrogate(dumped)
+        if where is not None:
+            return _Prepared(
+                verifier=verifier,
+                early=Verdict.unjudged(
+                    Status.INVALID_SPEC,
+                    f"invalid spec: {where or 'spec'}: a lone surrogate (U+D800 to U+DFFF), "
+                    "which no UTF-8 text can hold",
+                ),
+            )
         try:
             payload = extract(item.completion, item.extract, verifier.fences(spec))
         except ExtractError as exc:
             return _Prepared(verifier=verifier, early=Verdict(Status.FORMAT_ERROR, 0.0, str(exc)))
-        blob = json.dumps(
-            [item.verifier, payload, spec.model_dump(mode="json")], sort_keys=True
-        ).encode()
+        blob = json.dumps([item.verifier, payload, dumped], sort_keys=True).encode()
         key = hashlib.sha256(blob).hexdigest()
         return _Prepared(verifier=verifier, payload=payload, spec=spec, key=key)
+
+    async def _prepare_off_loop(self, item: ScoreItem) -> _Prepared:
+        """`_prepare`, in a worker thread when the item is large: extraction and hashing are
+        linear, but a megabyte's worth still costs the event loop milliseconds."""
+        if len(item.completion) + _rough_size(item.spec) <= _PREPARE_INLINE:
+            return self._prepare(item)
+        return await asyncio.to_thread(self._prepare, item)
+
+    async def _shared(self, prepared: _Prepared) -> tuple[Verdict, bool]:
+        """The verdict of the item's key, from the run in flight for it (any request's) or a
+        new one; and whether it joined another item's run. The run is cancelled once the last
+        item waiting for it has gone (its client disconnected)."""
+        run = self._running.get(prepared.key)
+        joined = run is not None
+        if run is None:
+            run = _Run(asyncio.ensure_future(self._judge_and_keep(prepared)))
+            self._running[prepared.key] = run
+            started = run
+            run.task.add_done_callback(lambda _: self._forget(prepared.key, started))
+        run.waiters += 1
+        try:
+            return await asyncio.shield(run.task), joined
+        finally:
+            run.waiters -= 1
+            if run.waiters == 0 and not run.task.done():
+                run.task.cancel()
+                self._forget(prepared.key, run)
+
+    def _forget(self, key: str, run: _Run) -> None:
+        if self._running.get(key) is run:
+            del self._running[key]
+
+    async def _judge_and_keep(self, prepared: _Prepared) -> Verdict:
+        verdict = await self._judge(prepared)
+        if verdict.status not in _UNCACHEABLE and verdict.cacheable:
+            self.cache.put(prepared.key, verdict, _verdict_size(verdict))
+        return verdict
 
     async def _judge(self, prepared: _Prepared) -> Verdict:
         verifier = prepared.verifier
@@ -146,28 +219,21 @@ class Engine:
         """Results as they finish, each with its item's index."""
         self.in_flight += len(items)
         started = time.monotonic()
-        running: dict[str, asyncio.Task[Verdict]] = {}
         queue: asyncio.Queue[tuple[int, ScoreResult]] = asyncio.Queue()
 
         async def one(index: int, item: ScoreItem) -> None:
             t0 = time.monotonic()
             cached = False
             try:
-                prepared = self._prepare(item)
+                prepared = await self._prepare_off_loop(item)
                 if prepared.early is not None:
                     verdict = prepared.early
                 else:
                     hit = self.cache.get(prepared.key)
                     if hit is not None:
                         verdict, cached = hit, True
-                    elif prepared.key in running:
-                        verdict, cached = await asyncio.shield(running[prepared.key]), True
                     else:
-                        task = asyncio.ensure_future(self._judge(prepared))
-                        running[prepared.key] = task
-                        verdict = await asyncio.shield(task)
-                        if verdict.status not in _UNCACHEABLE:
-                            self.cache.put(prepared.key, verdict)
+                        verdict, cached = await self._shared(prepared)
             except Exception as exc:  # a bug in preparing; still only this item's problem
                 log.exception("internal error while preparing an item")
                 verdict = Verdict.unjudged(
@@ -177,16 +243,27 @@ class Engine:
                 )
             elapsed = time.monotonic() - t0
             label = item.verifier if item.verifier in self.verifiers else "unknown"
-            self.observer.item_done(label, verdict.status.value, elapsed, cached)
-            result = ScoreResult(
-                id=item.id,
-                reward=verdict.reward,
-                status=verdict.status.value,
-                feedback=clip(verdict.feedback),
-                details=verdict.details,
-                elapsed_ms=round(elapsed * 1000, 1),
-                cached=cached,
-            )
+            try:
+                self.observer.item_done(label, verdict.status.value, elapsed, cached)
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=verdict.reward,
+                    status=verdict.status.value,
+                    feedback=clip(escape_controls(verdict.feedback)),
+                    details=verdict.details,
+                    elapsed_ms=round(elapsed * 1000, 1),
+                    cached=cached,
+                )
+            except Exception as exc:  # every item gets a result, or the batch would wait forever
+                log.exception("internal error while making an item's result")
+                result = ScoreResult(
+                    id=_echo(item.id),
+                    reward=None,
+                    status=Status.INTERNAL_ERROR.value,
+                    feedback=clip(f"internal error: {type(exc).__name__}"),
+                    details={"retryable": False},
+                    elapsed_ms=round(elapsed * 1000, 1),
+                )
             await queue.put((index, result))
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
@@ -194,9 +271,10 @@ class Engine:
             for _ in tasks:
                 yield await queue.get()
         finally:
-            for task in [*tasks, *running.values()]:
+            # Each item stops waiting; a run that no other request waits for is cancelled.
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, *running.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.in_flight -= len(items)
             log.debug("batch of %d in %.3f s", len(items), time.monotonic() - started)
 
@@ -226,7 +304,58 @@ class Engine:
         await self.sandbox.close()
 
 
-def _cache(entries: int) -> Any:
+def _cache(entries: int, max_bytes: int) -> Any:
     from assay.service.cache import ResultCache
 
-    return ResultCache[Verdict](entries)
+    return ResultCache[Verdict](entries, max_bytes)
+
+
+def _echo(ident: str | int | None) -> str | int | None:
+    """The item's id as it can be written back: lone surrogates as U+FFFD."""
+    if isinstance(ident, str) and _lone_surrogate(ident) is not None:
+        return ident.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return ident
+
+
+def _rough_size(value: Any) -> int:
+    """About how many characters a JSON value's strings hold, without serialising it. A loop,
+    not recursion: a client's spec may nest as deep as the JSON parser allows."""
+    size, stack = 0, [value]
+    while stack:
+        top = stack.pop()
+        if isinstance(top, str):
+            size += len(top)
+        elif isinstance(top, dict):
+            size += sum(len(str(k)) for k in top)
+            stack.extend(top.values())
+        elif isinstance(top, list):
+            stack.extend(top)
+        else:
+            size += 8
+    return size
+
+
+def _verdict_size(verdict: Verdict) -> int:
+    """What a cached verdict costs in memory, roughly: its text, its details as JSON, and the
+    Python objects around them."""
+    details = json.dumps(verdict.details, default=str)
+    return 2 * (len(verdict.feedback) + len(details)) + 512
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """Where in a JSON value a string holds a lone surrogate (a path like `spec.tests.0.stdin`),
+    if anywhere. A loop, not recursion, as `_rough_size`."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, top = stack.pop()
+        if isinstance(top, str):
+            try:
+                top.encode()
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(top, dict):
+            stack.extend((f"{where}.{k}".lstrip("."), v) for k, v in top.items())
+            stack.extend((where, k) for k in top)
+        elif isinstance(top, list):
+            stack.extend((f"{where}.{n}".lstrip("."), v) for n, v in enumerate(top))
+    return None

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="Items judged at once for a verifier not named in `concurrency`.",
     )
     cache_entries: int = Field(default=100_000, ge=0, description="Result cache size.")
+    cache_bytes: int = Field(
+        default=256 << 20,
+        ge=0,
+        description="Result cache size in bytes (of its verdicts' text and details, roughly).",
+    )
     max_items: int = Field(default=10_000, ge=1, description="Items per request (else 413).")
     max_body_bytes: int = Field(default=64 << 20, ge=1024, description="Body size (else 413).")
     max_pending_items: int = Field(

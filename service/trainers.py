@@ -23,7 +23,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from assay.clients.schema import ScoreItem, ScoreRequest, ScoreResult, item_from_label
@@ -99,18 +100,12 @@ def _policy(value: str) -> float | None:
 
 def trainer_router(
     engine: Engine,
-    authorize: Callable[[Request], None],
     admit: Callable[[ScoreRequest, str], None],
+    route_class: type[APIRoute] = APIRoute,
 ) -> APIRouter:
-    """The trainer protocols' routes, sharing the app's Engine, API keys and admission."""
-    router = APIRouter(prefix="/v1/trainers", tags=["trainers"])
-
-    def key_in_query(request: Request, api_key: str | None = Query(default=None)) -> None:
-        if api_key and "authorization" not in request.headers:
-            # Trainers that send no header: the key from the URL, checked as the header is.
-            headers = [*request.scope["headers"], (b"authorization", f"Bearer {api_key}".encode())]
-            request = Request({**request.scope, "headers": headers})
-        authorize(request)
+    """The trainer protocols' routes, sharing the app's Engine and admission (API keys are
+    checked by the app's middleware, which also takes `?api_key=` on these paths)."""
+    router = APIRouter(prefix="/v1/trainers", tags=["trainers"], route_class=route_class)
 
     async def judge(
         prepared: Sequence[ScoreItem | ScoreResult], endpoint: str, null_reward: str
@@ -130,7 +125,6 @@ def trainer_router(
     @router.post(
         "/openrlhf",
         response_model=OpenRLHFResponse,
-        dependencies=[Depends(key_in_query)],
         summary="OpenRLHF's remote reward model protocol (--remote_rm_url).",
     )
     async def openrlhf(
@@ -159,7 +153,6 @@ def trainer_router(
     @router.post(
         "/slime",
         response_model=float,
-        dependencies=[Depends(key_in_query)],
         summary="slime's remote_rm protocol (--rm-type remote_rm --rm-url): the reward.",
     )
     async def slime(body: SlimeRequest, null_reward: str = Query(default="0")) -> float:

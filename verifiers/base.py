@@ -37,6 +37,25 @@ class Status(enum.StrEnum):
 _UNJUDGED = {Status.INVALID_SPEC, Status.UNAVAILABLE, Status.INTERNAL_ERROR}
 
 
+def _escapes() -> dict[int, str]:
+    controls = [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]
+    # Unicode's bidirectional controls (a U+202E turns the rest of a line around on screen),
+    # the line and paragraph separators, and lone surrogates, which no UTF-8 text can hold.
+    unicode = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    unicode += [0x2028, 0x2029, *range(0xD800, 0xE000)]
+    return {c: f"\\x{c:02x}" for c in controls} | {c: f"\\u{c:04x}" for c in unicode}
+
+
+_ESCAPES = _escapes()
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control characters but tab and newline (terminal escapes, NULs, carriage
+    returns), bidirectional controls and lone surrogates written as `\\xNN` / `\\uNNNN`: feedback
+    is shown to people's terminals and fed back to models, and must mean what it shows."""
+    return text.translate(_ESCAPES)
+
+
 def clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:
     """Shorten text to `limit` characters, saying that it was cut."""
     if len(text) <= limit:
@@ -52,6 +71,9 @@ class Verdict:
     reward: float | None
     feedback: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    cacheable: bool = True
+    """False when a rerun of the same item may be judged otherwise (the host's memory was
+    short during a run): the Engine then does not cache it."""
 
     def __post_init__(self) -> None:
         if self.status.judged:

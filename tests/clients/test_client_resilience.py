@@ -111,9 +111,10 @@ def test_a_dead_url_is_skipped_and_work_is_shared(pair: tuple[Server, Server]) -
 
 
 async def test_an_overloaded_server_is_waited_for() -> None:
-    # At most 4 items pending: most of the 8 concurrent chunks of 4 are refused with 429.
+    # At most 4 items pending, each taking a second: while the first chunk of 4 runs, the
+    # other concurrent chunks are refused with 429.
     server = start_server(max_pending_items="4", retry_after_s="1")
-    batch = items(32, tag="o")
+    batch = items(16, sleep_s=1.0, tag="o")
     try:
         async with AsyncAssayClient(
             server.url, chunk_size=4, concurrency=8, retries=30, backoff_s=0.1, max_backoff_s=1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import subprocess
 import tempfile
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from assay.sandboxes import Job, Limits, LocalSandbox, RunResult, languages
+from assay.sandboxes import Job, Limits, LocalSandbox, MultiJob, Run, RunResult, languages
 from assay.verifiers.base import Status
 from assay.verifiers.code import classify
 from tests.conftest import needs_bwrap
@@ -193,14 +194,32 @@ HOSTILE = [
 ]
 
 
+# The host uids this module's sandboxes hand out: a range of its own, drawn at random, since
+# other test runs on the machine may use the sandbox at the same time.
+UID_COUNT = 50
+UID_BASE = 63000 + UID_COUNT * random.randrange(100)
+
+
 def _scratch_files() -> set[str]:
-    """What is in the host's scratch places (/tmp, /dev/shm): a job must leave nothing there."""
-    return {
-        os.path.join(place, name)
-        for place in (tempfile.gettempdir(), "/dev/shm")
-        if os.path.isdir(place)
-        for name in os.listdir(place)
-    }
+    """What a job could have left in the host's scratch places (/tmp, /dev/shm): entries its
+    uids own, or that this process made for it (named `assay-*-PID-*`). What else appears there
+    (other processes of the machine at work) is not the job's."""
+    mine = f"-{os.getpid()}-"
+    found = set()
+    for place in (tempfile.gettempdir(), "/dev/shm"):
+        if not os.path.isdir(place):
+            continue
+        for name in os.listdir(place):
+            path = os.path.join(place, name)
+            try:
+                owner = os.lstat(path).st_uid
+            except FileNotFoundError:
+                continue
+            if UID_BASE <= owner < UID_BASE + UID_COUNT or (
+                name.startswith("assay-") and mine in name
+            ):
+                found.add(path)
+    return found
 
 
 def _uids_running(base: int, count: int) -> list[str]:
@@ -218,6 +237,28 @@ def _uids_running(base: int, count: int) -> list[str]:
     return found
 
 
+async def _only_the_worker_left(sandbox: LocalSandbox, grace_s: float = 3.0) -> bool:
+    """A warm sandbox's uids run its idle workers' sandboxes and interpreters, nothing else:
+    for each worker, bwrap (twice: its monitor and its namespace's pid 1) and the runner."""
+    assert sandbox._warm is not None
+    pool = sandbox._warm.pool
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = _uids_running(UID_BASE, UID_COUNT)
+        if len(left) == 3 * pool.live and pool.idle(_warm_key()) == pool.live:
+            return True
+        if time.monotonic() > deadline:
+            print(left)
+            return False
+        await asyncio.sleep(0.05)
+
+
+def _warm_key() -> object:
+    from assay.sandboxes.warm import _Key
+
+    return _Key(LIMITS.memory_mb, LIMITS.file_mb)
+
+
 async def _gone(base: int, count: int, grace_s: float = 3.0) -> list[str]:
     """Processes of the uid range still alive after a grace for the kernel's teardown (a killed
     bwrap's pid namespace dies a few milliseconds after it)."""
@@ -227,21 +268,56 @@ async def _gone(base: int, count: int, grace_s: float = 3.0) -> list[str]:
     return left
 
 
-@pytest.fixture(params=["bwrap"])
-async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalSandbox]:
-    """Every backend that runs here; the Docker backend joins this list."""
-    box = LocalSandbox(uid_base=62000, uid_count=50, lock_dir=tmp_path / "uids")
+# How jobs run: `cold` (a bwrap per job), `runner` (the job as the one run of a multi-run job,
+# carried out by the in-sandbox runner), `warm` (forked from a warm interpreter).
+PATHS = ["cold", "runner", "warm"]
+
+
+class Box:
+    """A sandbox and the way this test runs jobs on it."""
+
+    def __init__(self, sandbox: LocalSandbox, path: str) -> None:
+        self.sandbox, self.path = sandbox, path
+
+    async def run(self, job: Job) -> RunResult:
+        if self.path == "runner":
+            multi = MultiJob(job.argv, (Run(job.stdin, job.limits),), job.files)
+            async with contextlib.aclosing(self.sandbox.run_many(multi)) as steps:
+                results = [step.result async for step in steps]
+            assert len(results) == 1
+            return results[0]
+        return await self.sandbox.run(job)
+
+
+@pytest.fixture(params=PATHS)
+async def box(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Box]:
+    """Every way jobs run on every backend here; the Docker backend joins this list."""
+    sandbox = LocalSandbox(
+        uid_base=UID_BASE,
+        uid_count=UID_COUNT,
+        lock_dir=tmp_path / "uids",
+        warm_python=1 if request.param == "warm" else 0,
+    )
+    yield Box(sandbox, request.param)
+    await sandbox.close()
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    """The cold path alone, for what only it has."""
+    box = LocalSandbox(uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids")
     yield box
     await box.close()
 
 
 @needs_bwrap
 @pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
-async def test_hostile_program(sandbox: LocalSandbox, case: Hostile) -> None:
+async def test_hostile_program(box: Box, case: Hostile) -> None:
+    sandbox = box.sandbox
     if case.needs_cgroup and sandbox.cgroups_reason:
         pytest.skip(f"no per-job memory cgroup here: {sandbox.cgroups_reason}")
     tmp_before = _scratch_files()
-    run: RunResult = await sandbox.run(
+    run: RunResult = await box.run(
         Job(argv=PYTHON.run, files={PYTHON.file: case.code}, limits=LIMITS)
     )
     status, why = classify(run, PYTHON, LIMITS)
@@ -249,13 +325,16 @@ async def test_hostile_program(sandbox: LocalSandbox, case: Hostile) -> None:
     if case.stdout is not None:
         assert run.stdout == case.stdout
     assert run.time_s < LIMITS.wall_s + SLACK_S
-    if os.geteuid() == 0:
-        assert await _gone(62000, 50) == []
+    if os.geteuid() == 0 and box.path != "warm":  # a warm worker lives on, by design
+        assert await _gone(UID_BASE, UID_COUNT) == []
     assert _scratch_files() - tmp_before == set()
-    if sandbox._cgroups is not None:  # the job's cgroup is empty and ready for the next
+    if sandbox._cgroups is not None and box.path != "warm":  # empty, ready for the next job
         for job_cgroup in (p for p in sandbox._cgroups.base.iterdir() if p.is_dir()):
             assert (job_cgroup / "cgroup.procs").read_text() == ""
             assert job_cgroup in sandbox._cgroups._free
+    if box.path == "warm":  # the program's processes are gone; its worker is well and reused
+        assert sandbox._warm is not None
+        assert await _only_the_worker_left(sandbox)
 
 
 @needs_bwrap
@@ -359,7 +438,7 @@ async def test_cancelled_jobs_leave_nothing_behind(sandbox: LocalSandbox) -> Non
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if os.geteuid() == 0:
-        assert await _gone(62000, 50) == []
+        assert await _gone(UID_BASE, UID_COUNT) == []
     cgroups = sandbox._cgroups
     await sandbox.close()
     if cgroups is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from assay.clients.schema import ScoreItem, SpecModel
-from assay.sandboxes import Job, LocalSandbox, RunResult, Sandbox
+from assay.sandboxes import Job, LocalSandbox, MultiJob, RunResult, Sandbox, StepResult
 from assay.service.engine import Engine
 from assay.verifiers import CodeVerifier, Status, Verdict
 from tests.conftest import needs_bwrap
@@ -21,7 +23,8 @@ SUM_SPEC = {"language": "python", "tests": [{"stdin": "1 2\n", "expected_stdout"
 
 
 class CountingSandbox:
-    """The real sandbox, counting the jobs it runs and how many ran at once."""
+    """The real sandbox, counting the jobs (one-run or multi-run) it runs and how many ran at
+    once."""
 
     def __init__(self, inner: LocalSandbox) -> None:
         self.inner, self.name = inner, inner.name
@@ -33,6 +36,17 @@ class CountingSandbox:
         self.most_at_once = max(self.most_at_once, self.running)
         try:
             return await self.inner.run(job)
+        finally:
+            self.running -= 1
+
+    async def run_many(self, job: MultiJob) -> AsyncGenerator[StepResult, None]:
+        self.runs += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            async with contextlib.aclosing(self.inner.run_many(job)) as steps:
+                async for step in steps:
+                    yield step
         finally:
             self.running -= 1
 

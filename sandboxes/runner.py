@@ -1,0 +1,679 @@
+"""The runner: the small trusted program that carries out a sequence of runs inside a sandbox.
+
+It runs inside bubblewrap with the sandbox's `python3` and the standard library only (it
+imports nothing of assay: the service passes this file in as a memfd), and holds
+`CAP_SYS_ADMIN` inside the sandbox's user namespace, no more. The service imports it too, for
+the framing both sides share.
+
+Two modes:
+- `job`: one request (an optional build step, then N runs), then it exits. The build runs in
+  the sandbox's work dir; each run gets a fresh work dir holding the build's files read-only.
+- `warm`: a pre-initialised interpreter that serves requests until its input ends; each run is
+  a Python program run in a process forked from it, with no interpreter start. Its work dir
+  is fresh and empty but for the program's files.
+
+Each run, the build included, is two processes. `init` is cloned from the runner into new pid,
+mount and IPC namespaces, where it is pid 1: it mounts a fresh /proc, /tmp, /dev/shm (and work
+dir), drops every capability, and forks the `program` (pid 2), which sets its rlimits,
+no_new_privs and, for single-process runs, a seccomp filter that refuses fork, then execs the
+argv (job) or runs the code (warm). The program cannot see or signal the runner or anything
+outside its namespace; its files and mounts die with its mount namespace; when `init` exits (the
+program ended, or the runner killed `init` at the deadline) the kernel kills every process left
+in the namespace. `init` writes the program's wait status to a report pipe; the runner waits for
+`init` and takes the usage of the whole tree (CPU time, peak resident memory) from `wait4`.
+
+Framing, both ways: a 4-byte big-endian length, a JSON header of that length, then the binary
+blobs whose sizes the header lists under "blobs". Requests carry the runs' stdins (and, warm,
+the program's files); results carry each step's stdout and stderr, capped. Expected outputs
+never come here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import resource
+import selectors
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# -- framing (shared with the service) ---------------------------------------------------------
+
+_LEN = struct.Struct(">I")
+MAX_HEADER = 1 << 20
+
+
+def encode(header: dict[str, Any], blobs: list[bytes] | None = None) -> bytes:
+    """One frame: `header` (its "blobs" set to the blobs' sizes) and the blobs."""
+    blobs = blobs or []
+    head = json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
+    return b"".join([_LEN.pack(len(head)), head, *blobs])
+
+
+def _read_exact(fd: int, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
+
+def read_frame(fd: int) -> tuple[dict[str, Any], list[bytearray]] | None:
+    """The next frame on `fd` (blocking); `None` at the end of input."""
+    raw = _read_exact(fd, _LEN.size)
+    if raw is None:
+        return None
+    (size,) = _LEN.unpack(raw)
+    if size > MAX_HEADER:
+        raise ValueError(f"frame header of {size} bytes")
+    head = _read_exact(fd, size)
+    if head is None:
+        return None
+    header: dict[str, Any] = json.loads(head)
+    blobs = []
+    for n in header.get("blobs", []):
+        blob = _read_exact(fd, int(n))
+        if blob is None:
+            return None
+        blobs.append(blob)
+    return header, blobs
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- the kernel's interfaces, through ctypes (Python 3.11 has no os.unshare, mount or clone) ---
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER = 4, 22, 36
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+SECCOMP_MODE_FILTER = 2
+_CAP_VERSION_3 = 0x20080522
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+
+
+class _Kernel:
+    """libc through ctypes. `raw` does not release the GIL: a clone must happen with it held,
+    as in `os.fork`."""
+
+    def __init__(self) -> None:
+        self.libc: Any = ctypes.CDLL(None, use_errno=True)
+        self.raw: Any = ctypes.PyDLL(None, use_errno=True)
+        self.libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        self.libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        self.raw.syscall.restype = ctypes.c_long
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+_kernel: _Kernel | None = None
+
+
+def kernel() -> _Kernel:
+    global _kernel
+    if _kernel is None:
+        _kernel = _Kernel()
+    return _kernel
+
+
+def clone_into_namespaces() -> int:
+    """Like `os.fork`, but the child is pid 1 of new pid, mount and IPC namespaces.
+
+    A raw clone, with the interpreter's fork hooks run around it as `os.fork` runs them; the
+    child is single-threaded and only forks again or exits, as a forked child would."""
+    k = kernel()
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | signal.SIGCHLD
+    number = _SYS_CLONE[platform.machine()]
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = int(k.raw.syscall(ctypes.c_long(number), ctypes.c_ulong(flags), None, None, None, None))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    def enc(s: str | None) -> bytes | None:
+        return s.encode() if s is not None else None
+
+    result = kernel().libc.mount(
+        enc(source), target.encode(), enc(fstype), flags, enc(data or None)
+    )
+    kernel().check(result, f"mount {target}")
+
+
+def prctl(option: int, arg: int = 0, arg3: int = 0) -> None:
+    kernel().check(kernel().libc.prctl(option, arg, arg3, 0, 0), f"prctl {option}")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_capabilities() -> None:
+    """No capability left in any set: effective, permitted, inheritable and ambient."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    kernel().check(kernel().libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a cBPF seccomp filter (needs no_new_privs); it stacks on bwrap's."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    result = kernel().libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0)
+    kernel().check(result, "seccomp")
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+WORK_DIR = "/work"
+_CHUNK = 1 << 16
+NOFILE = 256
+# The runner and init run as the program's uid: the process limit counts them.
+_OWN_PROCESSES = 2
+_DRAIN_S = 5.0  # after a kill, how long the pipes may take to close
+
+
+class Spec:
+    """One step's settings, from the request."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        limits = raw["limits"]
+        self.argv: list[str] = list(raw.get("argv") or [])
+        self.wall_s = float(limits["wall_s"])
+        cpu = limits.get("cpu_s")
+        self.cpu_s = float(cpu) if cpu is not None else self.wall_s + 1.0
+        self.memory_mb = int(limits["memory_mb"])
+        self.processes = int(limits["processes"])
+        self.file_mb = int(limits["file_mb"])
+        self.output_bytes = int(limits["output_bytes"])
+        self.fresh_work = bool(raw.get("fresh_work", True))
+
+    @property
+    def cpu_rlimit(self) -> int:
+        return max(1, int(self.cpu_s + 0.999))  # RLIMIT_CPU counts whole seconds
+
+
+def _set_limits(spec: Spec) -> None:
+    cpu = spec.cpu_rlimit
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    memory = spec.memory_mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    size = spec.file_mb << 20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nproc = spec.processes + _OWN_PROCESSES
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _fresh_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+    """In init's new mount namespace: its own /proc, /tmp, /dev/shm and, for runs, work dir."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Room for two files of the largest size (as for a one-run job), so that one big file
+    # meets the file-size limit before it fills the mount.
+    size = 2 * spec.file_mb << 20
+    flags = MS_NOSUID | MS_NODEV
+    mount("tmpfs", "/tmp", "tmpfs", flags, f"size={size},mode=1777")
+    mount("tmpfs", "/dev/shm", "tmpfs", flags, f"size={spec.file_mb << 20},mode=1777")
+    if spec.fresh_work:
+        # What the build left stays visible, read-only, at its place in the fresh work dir.
+        old = os.open(WORK_DIR, os.O_PATH | os.O_DIRECTORY)
+        names = os.listdir(f"/proc/self/fd/{old}")
+        mount("tmpfs", WORK_DIR, "tmpfs", flags, f"size={size},mode=0755")
+        for name in names:
+            source, target = f"/proc/self/fd/{old}/{name}", f"{WORK_DIR}/{name}"
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target)
+                continue
+            if os.path.isdir(source):
+                os.mkdir(target)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+            mount(source, target, None, MS_BIND | MS_REC)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+        os.close(old)
+        for name, data in files:
+            fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, bytes(data))
+            finally:
+                os.close(fd)
+    os.chdir(WORK_DIR)
+
+
+class _Pipes:
+    """The program's stdin, stdout and stderr, and init's report pipe."""
+
+    def __init__(self) -> None:
+        self.stdin = os.pipe()
+        self.stdout = os.pipe()
+        self.stderr = os.pipe()
+        self.report = os.pipe()
+
+    def child_ends(self) -> tuple[int, int, int, int]:
+        return self.stdin[0], self.stdout[1], self.stderr[1], self.report[1]
+
+    def parent_ends(self) -> tuple[int, int, int, int]:
+        return self.stdin[1], self.stdout[0], self.stderr[0], self.report[0]
+
+
+def _close_fds_but(keep: tuple[int, ...]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _program(spec: Spec, pipes: _Pipes, seccomp: bytes, body: Callable[[], None]) -> None:
+    """In the program's process, before its code: fds, limits, filter. Never returns."""
+    stdin, stdout, stderr, report = pipes.child_ends()
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+    try:
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        prctl(PR_SET_DUMPABLE, 1)  # init is not: this makes /proc/self the program's again
+        with open("/proc/self/oom_score_adj", "w") as f:  # the memory killer takes it first
+            f.write("1000")
+        _set_limits(spec)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if seccomp:
+            load_seccomp(seccomp)
+    except BaseException as exc:
+        os.write(report, f"E the program's set-up failed: {exc!r}\n".encode())
+        os._exit(127)
+    _close_fds_but((0, 1, 2))
+    body()
+    os._exit(127)
+
+
+def _init(
+    spec: Spec,
+    pipes: _Pipes,
+    seccomp: bytes,
+    files: Sequence[tuple[str, bytes | bytearray]],
+    body: Callable[[], None],
+) -> None:
+    """pid 1 of the run's namespaces: sets them up, starts the program, reports its end."""
+    report = pipes.report[1]
+    try:
+        _close_fds_but((2, *pipes.child_ends()))
+        _fresh_mounts(spec, files)
+        drop_capabilities()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_DUMPABLE, 0)  # the program (the same uid) may not ptrace init
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)  # init ignores what it has no handler for
+        pid = os.fork()
+    except BaseException as exc:
+        os.write(report, f"E the run's set-up failed: {exc!r}\n".encode())
+        os._exit(1)
+    if pid == 0:
+        _program(spec, pipes, seccomp, body)
+    for fd in pipes.child_ends()[:3]:
+        os.close(fd)
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+        if got == pid:
+            os.write(report, f"S {status}\n".encode())
+            os._exit(0)  # the kernel kills whatever is left in the namespace
+
+
+def run_step(
+    spec: Spec,
+    stdin: bytes | bytearray,
+    seccomp: bytes,
+    files: Sequence[tuple[str, bytes | bytearray]],
+    body: Callable[[], None],
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """Carry out one step; its result header, stdout and stderr."""
+    pipes = _Pipes()
+    started = time.monotonic()
+    init = clone_into_namespaces()
+    if init == 0:
+        try:
+            _init(spec, pipes, seccomp, files, body)
+        finally:
+            os._exit(1)
+    for fd in pipes.child_ends():
+        os.close(fd)
+    feed, out_fd, err_fd, report_fd = pipes.parent_ends()
+    out, err, report = bytearray(), bytearray(), bytearray()
+    sel = selectors.DefaultSelector()
+    for fd in (out_fd, err_fd, report_fd):
+        sel.register(fd, selectors.EVENT_READ)
+    view = memoryview(stdin)
+    if view:
+        os.set_blocking(feed, False)
+        sel.register(feed, selectors.EVENT_WRITE)
+    else:
+        os.close(feed)
+    deadline = started + spec.wall_s
+    timed_out = exceeded = killed = False
+
+    def kill() -> None:
+        nonlocal killed
+        if not killed:
+            killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
+
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if killed:
+                break  # pipes still open well after the kill: give up on them
+            timed_out = True
+            kill()
+            deadline = time.monotonic() + _DRAIN_S
+            continue
+        for key, _ in sel.select(left):
+            fd = int(key.fd)
+            if fd == feed:
+                try:
+                    view = view[os.write(fd, view[:_CHUNK]) :]
+                except (BrokenPipeError, BlockingIOError) as exc:
+                    if isinstance(exc, BlockingIOError):
+                        continue
+                    view = view[:0]
+                if not view:
+                    sel.unregister(fd)
+                    os.close(fd)
+                continue
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                sel.unregister(fd)
+                os.close(fd)
+                continue
+            if fd == report_fd:
+                report += chunk
+                continue
+            buf = out if fd == out_fd else err
+            room = spec.output_bytes - len(buf)
+            if len(chunk) > room:
+                buf += chunk[: max(room, 0)]
+                exceeded = True
+                kill()
+            else:
+                buf += chunk
+    for key in list(sel.get_map().values()):
+        os.close(int(key.fd))
+    sel.close()
+    if b"S " not in report:  # the pipes closed, yet init has not said how the program ended
+        kill()
+    _, _, usage = os.wait4(init, 0)
+    elapsed = time.monotonic() - started
+    cpu = usage.ru_utime + usage.ru_stime
+    result: dict[str, Any] = {
+        "exit": None,
+        "signal": None,
+        "wall_s": elapsed,
+        "cpu_s": cpu,
+        "memory_kb": usage.ru_maxrss,
+        "timed_out": timed_out,
+        "cpu_timed_out": False,
+        "output_exceeded": exceeded,
+        "file_exceeded": False,
+    }
+    lines = report.decode(errors="replace").splitlines()
+    errors = [line[2:] for line in lines if line.startswith("E ")]
+    statuses = [int(line[2:]) for line in lines if line.startswith("S ")]
+    if errors:
+        result["error"] = errors[0]
+    if statuses:
+        code = os.waitstatus_to_exitcode(statuses[0])
+        if code < 0:
+            result["signal"] = -code
+        else:
+            result["exit"] = code
+    else:  # killed before it ended
+        result["signal"] = signal.SIGKILL
+    sig = result["signal"]
+    over_cpu = sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= spec.cpu_rlimit)
+    if over_cpu or (cpu > spec.cpu_s and not timed_out):
+        result["cpu_timed_out"] = True
+    result["file_exceeded"] = sig == signal.SIGXFSZ
+    return result, bytes(out), bytes(err)
+
+
+# -- job mode -----------------------------------------------------------------------------------
+
+
+def _exec(argv: list[str]) -> Callable[[], None]:
+    def body() -> None:
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"{argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+
+    return body
+
+
+def serve_job(ctl_in: int, ctl_out: int) -> None:
+    """One request: {"steps": [{"kind", "argv", "limits", "fresh_work"}...]}; blobs: the
+    no-fork seccomp filter, then one stdin per step. A result frame per step; a build that
+    fails ends the sequence."""
+    frame = read_frame(ctl_in)
+    if frame is None:
+        return
+    header, blobs = frame
+    seccomp = bytes(blobs[0])
+    for index, raw in enumerate(header["steps"]):
+        spec = Spec(raw)
+        result, out, err = run_step(
+            spec, blobs[index + 1], seccomp if spec.processes == 1 else b"", [], _exec(spec.argv)
+        )
+        result["kind"] = raw["kind"]
+        _write_all(ctl_out, encode(result, [out, err]))
+        failed = result["exit"] != 0 or result["timed_out"] or result["output_exceeded"]
+        if raw["kind"] == "build" and failed:
+            break
+
+
+# -- warm mode ----------------------------------------------------------------------------------
+
+# Imported once by the warm interpreter, so that programs find them loaded (what programs of
+# competitive programming and HumanEval-style tests import most).
+WARM_IMPORTS = (
+    "bisect",
+    "collections",
+    "copy",
+    "dataclasses",
+    "decimal",
+    "fractions",
+    "functools",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "random",
+    "re",
+    "statistics",
+    "string",
+    "typing",
+)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """What the interpreter makes of `SystemExit` at the top (Python/pythonrun.c)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def _python(source_file: str | None) -> Callable[[], None]:
+    """Run a Python program in this (forked) interpreter as `python3 -I -B FILE` would, or as
+    `python3 -I -B -` (the program on stdin) when `source_file` is None."""
+
+    def body() -> None:
+        import atexit
+        import builtins
+        import types
+
+        # What a fresh interpreter has: SIGPIPE and SIGXFSZ ignored, SIGINT as an exception.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if source_file is None:
+            chunks = []
+            while chunk := os.read(0, _CHUNK):
+                chunks.append(chunk)
+            source, filename = b"".join(chunks), "<stdin>"
+            sys.argv, sys.path[0] = ["-"], ""
+        else:
+            filename = os.path.join(WORK_DIR, source_file)
+            with open(filename, "rb") as f:
+                source = f.read()
+            sys.argv, sys.path[0] = [source_file], WORK_DIR
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = builtins
+        if source_file is not None:
+            main.__dict__["__file__"] = filename
+            main.__dict__["__cached__"] = None
+        sys.modules["__main__"] = main
+        code = 0
+        try:
+            program = compile(source, filename, "exec", dont_inherit=True)
+            exec(program, main.__dict__)
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException as exc:
+            # Without this function's frame, as the interpreter shows it.
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+            code = 1
+        code = _finish(code, atexit)
+        os._exit(code if -(1 << 31) <= code < (1 << 31) else 255)
+
+    return body
+
+
+def _finish(code: int, atexit: Any) -> int:
+    """The interpreter's exit: wait for non-daemon threads, run atexit, flush."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        with contextlib.suppress(BaseException):
+            threading._shutdown()
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            if stream is sys.stdout:
+                code = 120  # as the interpreter, when flushing stdout fails at exit
+    return code
+
+
+def serve_warm(ctl_in: int, ctl_out: int) -> None:
+    """Requests until the input ends: {"source": FILE | null, "files": [names], "steps": [...]}
+    with blobs: the no-fork filter, the files, then one stdin per step. A result frame per
+    step, each but the last answered by {"go": true | false}, then {"kind": "end"}."""
+    import gc
+    import importlib
+
+    for name in WARM_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # the forked programs share these objects' pages instead of copying them
+    _write_all(ctl_out, encode({"kind": "ready", "pid": os.getpid()}))
+    while (frame := read_frame(ctl_in)) is not None:
+        header, blobs = frame
+        seccomp = bytes(blobs[0])
+        names: list[str] = header["files"]
+        files = list(zip(names, blobs[1 : 1 + len(names)], strict=True))
+        stdins = blobs[1 + len(names) :]
+        body = _python(header.get("source"))
+        last = len(header["steps"]) - 1
+        for index, raw in enumerate(header["steps"]):
+            spec = Spec(raw)
+            result, out, err = run_step(
+                spec, stdins[index], seccomp if spec.processes == 1 else b"", files, body
+            )
+            result["kind"] = "run"
+            _write_all(ctl_out, encode(result, [out, err]))
+            del out, err
+            if index < last:  # the service says whether to go on (it stops at a failure)
+                reply = read_frame(ctl_in)
+                if reply is None:
+                    return
+                if not reply[0].get("go"):
+                    break
+        _write_all(ctl_out, encode({"kind": "end"}))
+        for blob in blobs:  # no copy of this program's code or input stays for the next
+            blob[:] = bytes(len(blob))
+        del frame, blobs, files, stdins, body
+
+
+def main() -> None:
+    # The control channel moves off fds 0 and 1, which the programs' own stdio objects (kept
+    # from this interpreter) will wrap; they point at /dev/null meanwhile.
+    ctl_in, ctl_out = os.dup(0), os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # what the runs' namespaces leave is this process's
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.argv[1:] == ["warm"]:
+        serve_warm(ctl_in, ctl_out)
+    else:
+        serve_job(ctl_in, ctl_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The service's side of the runner protocol (`runner.py`): requests out, step results in."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from assay.sandboxes import runner
+from assay.sandboxes.base import Limits, MultiJob, RunResult
+from assay.sandboxes.errors import SandboxError
+
+# Room the runner (or a warm interpreter) takes in a sandbox's memory cgroup beside the runs.
+RUNNER_MB = 64
+# Per step, beyond its own wall-clock limit: the runner's own work (namespaces, mounts, reaping).
+STEP_SLACK_S = 2.0
+START_SLACK_S = 10.0
+
+
+@cache
+def runner_source() -> bytes:
+    return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
+
+
+def limits_json(limits: Limits) -> dict[str, Any]:
+    return dataclasses.asdict(limits)
+
+
+def envelope(job: MultiJob) -> Limits:
+    """What the sandbox as a whole needs: the largest of its steps' limits, the runner's
+    memory on top, and processes enough for the runner to start each step."""
+    every = [r.limits for r in job.runs] + ([job.build.limits] if job.build else [])
+    if not every:
+        every = [Limits()]
+    return Limits(
+        wall_s=max(x.wall_s for x in every),
+        memory_mb=max(x.memory_mb for x in every) + RUNNER_MB,
+        processes=max(x.processes for x in every) + 4,
+        file_mb=max(x.file_mb for x in every),
+        output_bytes=max(x.output_bytes for x in every),
+    )
+
+
+def deadline_s(job: MultiJob) -> float:
+    """How long the whole sequence may take before the sandbox counts as failed."""
+    walls = [r.limits.wall_s for r in job.runs] + ([job.build.limits.wall_s] if job.build else [])
+    return START_SLACK_S + sum(w + STEP_SLACK_S for w in walls)
+
+
+def job_request(job: MultiJob, no_fork: bytes) -> bytes:
+    """The `job` mode request: the build (in the work dir) and the runs (each fresh)."""
+    steps: list[dict[str, Any]] = []
+    stdins: list[bytes] = []
+    if job.build is not None:
+        steps.append(
+            {
+                "kind": "build",
+                "argv": list(job.build.argv),
+                "limits": limits_json(job.build.limits),
+                "fresh_work": False,
+            }
+        )
+        stdins.append(b"")
+    for run in job.runs:
+        steps.append(
+            {
+                "kind": "run",
+                "argv": list(run.argv or job.argv),
+                "limits": limits_json(run.limits),
+                "fresh_work": True,
+            }
+        )
+        stdins.append(run.stdin)
+    return runner.encode({"steps": steps}, [no_fork, *stdins])
+
+
+async def read_frame(stream: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]] | None:
+    """The next frame from the runner; `None` if its output ended."""
+    import json
+
+    try:
+        raw = await stream.readexactly(4)
+        size = int.from_bytes(raw, "big")
+        if size > runner.MAX_HEADER:
+            raise SandboxError(f"the runner sent a frame header of {size} bytes")
+        header: dict[str, Any] = json.loads(await stream.readexactly(size))
+        blobs = [await stream.readexactly(int(n)) for n in header.get("blobs", [])]
+    except asyncio.IncompleteReadError:
+        return None
+    return header, blobs
+
+
+def step_result(header: dict[str, Any], blobs: list[bytes], oom_killed: bool) -> RunResult:
+    """A step's `RunResult` from its frame. A run the runner could not set up is the
+    sandbox's failure, not the program's."""
+    if "error" in header:
+        raise SandboxError(f"the sandbox runner failed: {header['error']}")
+    sig = header["signal"]
+    exit_code = header["exit"]
+    stdout, stderr = blobs
+    return RunResult(
+        exit_code=exit_code,
+        signal=sig,
+        stdout=stdout,
+        stderr=stderr,
+        time_s=float(header["wall_s"]),
+        timed_out=bool(header["timed_out"] or header["cpu_timed_out"]),
+        output_exceeded=bool(header["output_exceeded"]),
+        file_exceeded=bool(header["file_exceeded"]) or sig == signal.SIGXFSZ,
+        oom_killed=oom_killed,
+        cpu_time_s=float(header["cpu_s"]),
+        memory_kb=int(header["memory_kb"]),
+        cpu_timed_out=bool(header["cpu_timed_out"]),
+    )

@@ -1,0 +1,177 @@
+"""Warm Python: programs forked from pre-initialised interpreters in long-lived sandboxes.
+
+Each worker is a bubblewrap sandbox (its own uid and memory cgroup where the host allows, as a
+job's) running `runner.py` in `warm` mode: an interpreter that has imported what programs
+import most and waits for requests. A request is one item's program and its runs; each run is
+a process forked from the interpreter into its own pid, mount and IPC namespaces (see
+`runner.py`), so it starts in about the time of a fork instead of a sandbox start plus an
+interpreter start, with the isolation of a job: its own empty work dir, /tmp and /dev/shm, its
+own processes (it cannot see or signal the interpreter, earlier programs or the service), no
+capabilities, no_new_privs, the seccomp filter, rlimits, the whole namespace killed at its
+deadline. Nothing a program does reaches the interpreter: it runs in a copy (fork), and the
+interpreter only reads its pipes.
+
+Workers live in a `WorkerPool`: one lent per item; a worker whose request failed (the runner
+crashed, overran the request's deadline, sent something unexpected, or the request was
+cancelled mid-answer) is closed, never reused; every worker is recycled after `max_uses` items.
+The memory cgroup is the worker's (the interpreter and the one program it runs at a time), so
+the pool is keyed by the runs' memory and file limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from assay.sandboxes import runner, seccomp, steps
+from assay.sandboxes.base import Limits, MultiJob, StepResult, ToolSpec
+from assay.sandboxes.errors import SandboxError
+from assay.sandboxes.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+_READY_S = 30.0  # a worker's start, interpreter and imports included, on a loaded machine
+
+
+class WarmWorker:
+    """One warm interpreter: the tool process it runs in, and how many programs it ran."""
+
+    def __init__(self, tool: Any) -> None:
+        self.tool = tool
+        self.programs = 0
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.tool.returncode is None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    memory_mb: int
+    file_mb: int
+
+
+def warm_source(argv: tuple[str, ...], files: Mapping[str, object]) -> str | None:
+    """The program file of a `python3 -I -B FILE` argv ("-": the program on stdin), or None
+    when the argv is anything else (which then runs cold)."""
+    if len(argv) != 4 or argv[0] != "python3" or argv[1:3] != ("-I", "-B"):
+        return None
+    if argv[3] == "-" or (argv[3] in files and "/" not in argv[3]):
+        return argv[3]
+    return None
+
+
+class WarmPython:
+    """The pool of warm interpreters of one sandbox. `start` starts a runner tool in `warm`
+    mode with the given limits (the sandbox's `_start`)."""
+
+    def __init__(
+        self,
+        start: Callable[[ToolSpec], Awaitable[Any]],
+        *,
+        python: str,
+        size: int,
+        max_uses: int,
+    ) -> None:
+        self._start_tool, self.python = start, python
+        self.pool: WorkerPool[WarmWorker] = WorkerPool(
+            self._start,
+            self._close,
+            size=size,
+            max_uses=max_uses,
+            healthy=lambda w: w.alive,
+            name="warm python",
+        )
+
+    async def _start(self, key: Hashable) -> WarmWorker:
+        assert isinstance(key, _Key)
+        limits = Limits(
+            memory_mb=key.memory_mb + steps.RUNNER_MB, file_mb=key.file_mb, processes=64
+        )
+        tool = await self._start_tool(ToolSpec(argv=(self.python, "-I", "-B"), limits=limits))
+        worker = WarmWorker(tool)
+        try:
+            async with asyncio.timeout(_READY_S):
+                frame = await steps.read_frame(tool.stdout)
+            if frame is None or frame[0].get("kind") != "ready":
+                tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
+                raise SandboxError(f"a warm Python worker did not start: {tail}")
+        except BaseException:
+            await tool.close()
+            raise
+        return worker
+
+    async def _close(self, worker: WarmWorker) -> None:
+        await worker.tool.close()
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def facts(self) -> dict[str, Any]:
+        return self.pool.facts()
+
+    async def run_many(self, job: MultiJob, source: str) -> AsyncGenerator[StepResult, None]:
+        """The runs of `job` on a warm worker; `source` is the program's file, or "-"."""
+        every = [r.limits for r in job.runs]
+        key = _Key(max(x.memory_mb for x in every), max(x.file_mb for x in every))
+        names = [n for n in job.files]
+        blobs: list[bytes] = [seccomp.program(processes=False) or b""]
+        for name in names:
+            data = job.files[name]
+            blobs.append(data.encode() if isinstance(data, str) else data)
+        blobs += [r.stdin for r in job.runs]
+        request = runner.encode(
+            {
+                "source": None if source == "-" else source,
+                "files": names,
+                "steps": [{"limits": steps.limits_json(r.limits)} for r in job.runs],
+            },
+            blobs,
+        )
+        async with self.pool.lease(key) as worker:
+            tool = worker.tool
+            worker.programs += 1
+            try:
+                tool.stdin.write(request)
+                await tool.stdin.drain()
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise SandboxError(f"a warm Python worker is gone: {exc!r}") from exc
+            oom_seen = tool.oom_kills()
+            last = len(job.runs) - 1
+            for index, run in enumerate(job.runs):
+                budget = run.limits.wall_s + steps.STEP_SLACK_S + steps.START_SLACK_S
+                frame = await self._next(tool, budget)
+                kills = tool.oom_kills()
+                result = steps.step_result(*frame, oom_killed=False)
+                result = tool.with_pressure(result, kills > oom_seen)
+                oom_seen = kills
+                stop = False
+                try:
+                    yield StepResult("run", index, result)
+                except GeneratorExit:  # the caller stopped: the worker stays good for others
+                    stop = True
+                if index < last:
+                    tool.stdin.write(runner.encode({"go": not stop}))
+                    await tool.stdin.drain()
+                if stop:
+                    break
+            end = await self._next(tool, steps.START_SLACK_S)
+            if end[0].get("kind") != "end":
+                raise SandboxError(f"a warm Python worker sent {end[0]!r} for the end")
+
+    async def _next(self, tool: Any, budget_s: float) -> tuple[dict[str, Any], list[bytes]]:
+        try:
+            async with asyncio.timeout(budget_s):
+                frame = await steps.read_frame(tool.stdout)
+        except TimeoutError as exc:
+            raise SandboxError("a warm Python worker overran its deadline") from exc
+        if frame is None:
+            tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
+            raise SandboxError(f"a warm Python worker died: {tail}")
+        return frame
+
+
+__all__ = ["WarmPython", "WarmWorker", "warm_source"]

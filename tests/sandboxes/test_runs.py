@@ -1,0 +1,107 @@
+"""Multi-run jobs (`Sandbox.run_many`): a build, then many runs, in one sandbox start."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from assay.sandboxes import Build, Limits, LocalSandbox, MultiJob, Run, StepResult
+from tests.conftest import needs_bwrap
+
+pytestmark = needs_bwrap
+
+PY = ("python3", "-I", "-B", "main.py")
+
+
+@pytest.fixture(params=["bwrap", "unsandboxed"])
+async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    box = LocalSandbox(
+        isolation=request.param, uid_base=62100, uid_count=20, lock_dir=tmp_path / "uids"
+    )
+    yield box
+    await box.close()
+
+
+async def _all(box: LocalSandbox, job: MultiJob) -> list[StepResult]:
+    async with contextlib.aclosing(box.run_many(job)) as steps:
+        return [step async for step in steps]
+
+
+async def test_build_then_runs_each_with_its_stdin(sandbox: LocalSandbox) -> None:
+    code = "import sys\nprint(sys.stdin.read().upper(), open('built').read())\n"
+    job = MultiJob(
+        argv=PY,
+        files={"main.py": code},
+        build=Build(argv=("python3", "-c", "open('built', 'w').write('b')")),
+        runs=tuple(Run(stdin=f"t{i}".encode()) for i in range(3)),
+    )
+    steps = await _all(sandbox, job)
+    assert [(s.kind, s.index) for s in steps] == [("build", 0), ("run", 0), ("run", 1), ("run", 2)]
+    assert [s.result.stdout for s in steps[1:]] == [b"T0 b\n", b"T1 b\n", b"T2 b\n"]
+    if sandbox.isolation == "bwrap":
+        assert all(s.result.cpu_time_s is not None for s in steps)
+
+
+async def test_a_failed_build_ends_the_sequence(sandbox: LocalSandbox) -> None:
+    job = MultiJob(
+        argv=PY,
+        files={"main.py": "print(1)"},
+        build=Build(argv=("python3", "-c", "raise SystemExit(3)")),
+        runs=(Run(), Run()),
+    )
+    steps = await _all(sandbox, job)
+    assert [(s.kind, s.result.exit_code) for s in steps] == [("build", 3)]
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap"], indirect=True)
+async def test_each_run_starts_from_the_builds_files_alone(sandbox: LocalSandbox) -> None:
+    code = (
+        "import os\nprint(sorted(os.listdir('.')), sorted(os.listdir('/tmp')), os.getpid())\n"
+        "open('mine', 'w').write('x')\nopen('/tmp/mine', 'w').write('x')\n"
+        "try:\n    open('main.py', 'w').write('')\nexcept OSError:\n    print('read-only')\n"
+    )
+    job = MultiJob(argv=PY, files={"main.py": code}, runs=(Run(), Run()))
+    steps = await _all(sandbox, job)
+    expected = b"['main.py'] [] 2\nread-only\n"
+    assert [s.result.stdout for s in steps] == [expected, expected]
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap"], indirect=True)
+async def test_wall_and_cpu_limits_are_separate(sandbox: LocalSandbox) -> None:
+    sleeps = Run(stdin=b"sleep", limits=Limits(wall_s=1.0, cpu_s=10))
+    spins = Run(stdin=b"spin", limits=Limits(wall_s=20.0, cpu_s=1))
+    code = (
+        "import sys, time\nif sys.stdin.read() == 'sleep':\n    time.sleep(30)\n"
+        "else:\n    while True:\n        pass\n"
+    )
+    job = MultiJob(argv=PY, files={"main.py": code}, runs=(sleeps, spins))
+    slept, spun = (s.result for s in await _all(sandbox, job))
+    assert slept.timed_out
+    assert not slept.cpu_timed_out
+    assert spun.timed_out
+    assert spun.cpu_timed_out
+    assert spun.cpu_time_s is not None
+    assert spun.cpu_time_s > 0.5  # rusage samples; the kernel killed it at 1 s of its own count
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap"], indirect=True)
+async def test_stopping_early_kills_the_sequence(sandbox: LocalSandbox, tmp_path: Path) -> None:
+    code = "import time\ntime.sleep(30)\n"
+    job = MultiJob(
+        argv=PY,
+        files={"main.py": code},
+        runs=tuple(Run(limits=Limits(wall_s=0.5)) for _ in range(50)),
+    )
+    async with contextlib.aclosing(sandbox.run_many(job)) as steps:
+        async for step in steps:
+            assert step.result.timed_out
+            break
+    # No process of the job's uid range is left, when the service can give jobs uids.
+    if os.geteuid() == 0:
+        from tests.sandboxes.test_contract import _gone
+
+        assert await _gone(62100, 20) == []
