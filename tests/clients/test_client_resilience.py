@@ -110,19 +110,37 @@ def test_a_dead_url_is_skipped_and_work_is_shared(pair: tuple[Server, Server]) -
     assert judged(a) + judged(b) == len(batch)
 
 
+def in_flight(server: Server) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    found = re.search(r"^assay_items_in_flight (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 async def test_an_overloaded_server_is_waited_for() -> None:
-    # At most 4 items pending, each taking a second: while the first chunk of 4 runs, the
-    # other concurrent chunks are refused with 429.
+    # At most 4 items pending. Another request holds all 4 for a few seconds first, so the
+    # client's chunks are refused with 429 until they are done.
     server = start_server(max_pending_items="4", retry_after_s="1")
-    batch = items(16, sleep_s=1.0, tag="o")
+    hold = items(4, sleep_s=3.0, tag="h")
+    holder = threading.Thread(
+        target=lambda: httpx.post(f"{server.url}/v1/score", json={"items": hold}, timeout=120)
+    )
+    batch = items(8, tag="o")
     try:
+        holder.start()
+        for _ in range(600):
+            if in_flight(server) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        assert in_flight(server) >= 4
         async with AsyncAssayClient(
-            server.url, chunk_size=4, concurrency=8, retries=30, backoff_s=0.1, max_backoff_s=1
+            server.url, chunk_size=2, concurrency=4, retries=30, backoff_s=0.1, max_backoff_s=1
         ) as client:
             check(await client.score(batch), batch)
+        holder.join()
         assert refused(server) > 0  # it was overloaded
-        assert judged(server) == len(batch)  # and judged each item exactly once
+        assert judged(server) == len(batch) + len(hold)  # and judged each item exactly once
     finally:
+        holder.join()
         stop_server(server)
 
 
