@@ -11,6 +11,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -28,7 +29,9 @@ from assay.sandboxes.base import Sandbox
 from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
+from assay.service.openapi import add_spec_schemas
 from assay.service.settings import Settings
+from assay.service.trainers import trainer_router
 from assay.verifiers import (
     VERIFIERS,
     CodeVerifier,
@@ -142,6 +145,10 @@ class ApiKeys:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
             header = dict(scope["headers"]).get(b"authorization", b"")
+            if not header and scope["path"].startswith("/v1/trainers/"):
+                # OpenRLHF and slime send no headers: their key may come in the URL.
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                header = f"Bearer {query.get('api_key', [''])[0]}".encode("latin-1")
             scheme, _, key = header.partition(b" ")
             # Every key is compared, whatever matched: the time says nothing of which did.
             matches = [hmac.compare_digest(key.strip(), k) for k in self.keys]
@@ -415,6 +422,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 metrics.in_flight.dec(len(body.items))
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app.include_router(trainer_router(engine, admit, StrictJSONRoute))
+    add_spec_schemas(app, {n: v.spec_model for n, v in engine.verifiers.items()})
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse)
     async def verifiers() -> VerifiersResponse:

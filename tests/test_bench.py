@@ -95,3 +95,22 @@ def test_warm_benchmark_runs_and_agrees(tmp_path: Path) -> None:
     assert io["run_many"]["sandbox_starts"] == 3
     assert io["warm"]["sandbox_starts"] <= 3
     assert all(way["all_passed"] for way in io.values())
+
+
+@needs_bwrap
+def test_trl_step_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "trl_step.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "trl_step.py"), "--prompts", "4", "--group", "4"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(out.read_text())
+    (round_,) = report["rounds"]
+    assert round_["completions"] == 16
+    assert round_["rewards_agree"] is True
+    assert 0.0 < round_["mean_reward"] < 1.0  # right and wrong programs both
+    assert "| assay TRL adapter, one call |" in done.stdout
