@@ -19,8 +19,11 @@ COPY clients clients
 COPY service service
 COPY verifiers verifiers
 COPY sandboxes sandboxes
+# `server`: the service, the sql verifier's parser and the docker SDK. Add `svg` for the svg
+# verifier's metrics (it brings torch, several GB from PyPI) and give it the renderer's image.
+ARG EXTRAS=server
 RUN python3 -m venv /opt/assay/venv \
- && /opt/assay/venv/bin/pip install --no-cache-dir --disable-pip-version-check -q ".[server]"
+ && /opt/assay/venv/bin/pip install --no-cache-dir --disable-pip-version-check -q ".[${EXTRAS}]"
 ENV PATH=/opt/assay/venv/bin:$PATH ASSAY_SANDBOX=docker
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --retries=30 \
