@@ -1,32 +1,21 @@
-"""The `assay` command: serve, score JSONL files, list verifiers."""
+"""The `assay` command: serve, score files of items (JSONL, Parquet, `datasets`), list verifiers."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import itertools
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import ValidationError
-
-from assay.clients.client import (
-    AssayClient,
-    AssayConnectionError,
-    AssayHTTPError,
-    AsyncAssayClient,
-)
-from assay.clients.progress import Progress
-from assay.clients.schema import (
-    AssayError,
-    ScoreItem,
-    ScoreResult,
-    Status,
-    VerifiersResponse,
-)
+from assay.clients.client import AssayClient, AsyncAssayClient
+from assay.clients.progress import Display, Tally, Threshold
+from assay.clients.schema import AssayError, ScoreItem, ScoreResult, VerifiersResponse
+from assay.clients.sources import Columns, Source, open_source
 from assay.clients.svg_report import SvgReport
 
 SERVER_EXTRA = "this needs the server's dependencies: pip install 'assay[server]'"
@@ -40,50 +29,14 @@ def _need_server() -> None:
         raise SystemExit(f"assay: {SERVER_EXTRA} ({exc.name} is missing)") from exc
 
 
-# -- reading the input ---------------------------------------------------------------------
+# -- scoring ---------------------------------------------------------------------------------
+
+Scorer = Callable[[list[ScoreItem]], AsyncIterator[tuple[int, ScoreResult]]]
 
 
-def read_items(lines: Sequence[str]) -> list[ScoreItem | ScoreResult]:
-    """Each non-blank line as an item, or as a ready result saying what is wrong with it."""
-    out: list[ScoreItem | ScoreResult] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.append(_bad_line(number, None, f"not valid JSON: {exc.msg} (column {exc.colno})"))
-            continue
-        if not isinstance(raw, dict):
-            out.append(_bad_line(number, None, "not a JSON object"))
-            continue
-        try:
-            out.append(ScoreItem.model_validate(raw))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in exc.errors()
-            )
-            ident = raw.get("id") if isinstance(raw.get("id"), str | int) else None
-            out.append(_bad_line(number, ident, problems))
-    return out
-
-
-def _bad_line(number: int, ident: str | int | None, problem: str) -> ScoreResult:
-    return ScoreResult(
-        id=ident,
-        reward=None,
-        status="invalid_spec",
-        feedback=f"input line {number}: {problem}",
-        details={"line": number},
-    )
-
-
-# -- scoring -------------------------------------------------------------------------------
-
-
-async def _local_results(
-    items: list[ScoreItem], concurrency: int | None
-) -> AsyncIterator[tuple[int, ScoreResult]]:
+@asynccontextmanager
+async def local_scorer(concurrency: int | None) -> AsyncIterator[Scorer]:
+    """Items judged in this process, by the Engine `assay serve` would use."""
     from assay.service.app import build_engine
     from assay.service.settings import Settings
 
@@ -95,153 +48,118 @@ async def _local_results(
     if reason:
         print(f"assay: warning: {reason}", file=sys.stderr)
     try:
-        async for pair in engine.stream(items):
-            yield pair
+        yield engine.stream
     finally:
         await engine.close()
 
 
-# HTTP answers that every further request would get too: the run stops instead of going on.
-_FATAL_STATUS = {401, 403, 404, 405, 422}
-
-
-def _unscored(item: ScoreItem, status: Status, feedback: str, **details: Any) -> ScoreResult:
-    """The result of an item that the server never judged, made here."""
-    return ScoreResult(id=item.id, reward=None, status=status, feedback=feedback, details=details)
-
-
-async def _remote_results(
-    items: list[ScoreItem],
-    url: str,
-    api_key: str | None,
-    concurrency: int,
-    batch_size: int,
-    retries: int = 5,
-) -> AsyncIterator[tuple[int, ScoreResult]]:
-    """Results from a server, batch by batch, every item accounted for.
-
-    A batch the server finds too large (413) is split in halves; a broken stream or a server
-    that stops answering is retried for the items still missing; items that still get no answer
-    get `internal_error` (`retryable`) results, so that the output has a line for every input.
-    Only answers that every request would get (401, 404, ...) stop the run.
-    """
-    queue: asyncio.Queue[tuple[int, ScoreResult] | BaseException] = asyncio.Queue()
-    gate = asyncio.Semaphore(concurrency)
-
-    async with AsyncAssayClient(url, api_key=api_key, retries=retries) as client:
+@asynccontextmanager
+async def remote_scorer(
+    urls: list[str], api_key: str | None, batch_size: int, retries: int
+) -> AsyncIterator[Scorer]:
+    """Items judged by servers, through the client (413 split, retries, dead URLs skipped)."""
+    async with AsyncAssayClient(
+        urls, api_key=api_key, retries=retries, chunk_size=batch_size, concurrency=1
+    ) as client:
         # One call first: a wrong URL or API key stops the run here, with one clear message.
         await client.verifiers()
-
-        async def send(indexes: list[int]) -> None:
-            left = indexes
-            problem = ""
-            for attempt in range(retries + 1):
-                if attempt:
-                    await asyncio.sleep(min(30.0, 0.5 * 2.0**attempt))
-                seen: set[int] = set()
-                try:
-                    async for line in client.score_stream([items[i] for i in left]):
-                        index = left[line.index]
-                        seen.add(index)
-                        result = ScoreResult.model_validate(line.model_dump(exclude={"index"}))
-                        await queue.put((index, result))
-                    problem = "the server's stream ended before every result came"
-                except AssayHTTPError as exc:
-                    if exc.status_code in _FATAL_STATUS:
-                        raise
-                    if exc.status_code == 413:
-                        if len(left) > 1:
-                            half = len(left) // 2
-                            await send(left[:half])
-                            await send(left[half:])
-                        else:
-                            feedback = f"this item alone is larger than the server takes: {exc}"
-                            await queue.put(
-                                (left[0], _unscored(items[left[0]], "unavailable", feedback))
-                            )
-                        return
-                    problem = str(exc)
-                except AssayConnectionError as exc:
-                    problem = str(exc)
-                left = [i for i in left if i not in seen]
-                if not left:
-                    return
-            for index in left:
-                feedback = f"not scored: {url} failed after {retries + 1} tries: {problem}"
-                result = _unscored(items[index], "internal_error", feedback[:2000], retryable=True)
-                await queue.put((index, result))
-
-        async def batch(start: int) -> None:
-            async with gate:
-                try:
-                    await send(list(range(start, min(start + batch_size, len(items)))))
-                except BaseException as exc:
-                    await queue.put(exc)
-
-        tasks = [asyncio.ensure_future(batch(s)) for s in range(0, len(items), batch_size)]
-        try:
-            for _ in range(len(items)):
-                got = await queue.get()
-                if isinstance(got, BaseException):
-                    raise got
-                yield got
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        yield client.stream
 
 
-async def score_file(
-    source: TextIO,
+async def score_source(
+    source: Source,
     sink: TextIO,
+    scorer: Scorer,
     *,
-    url: str | None,
-    api_key: str | None,
-    concurrency: int | None,
     batch_size: int,
-    retries: int = 5,
-    progress: Progress | None = None,
+    concurrency: int,
+    tally: Tally | None = None,
+    display: Display | None = None,
     report: SvgReport | None = None,
-) -> Progress:
-    """Score every line of `source` into `sink`, in order, writing each result as soon as every
-    result before it is written (an interrupted run leaves a valid prefix)."""
-    rows = read_items(source.read().splitlines())
-    progress = progress or Progress(len(rows))
-    progress.total = len(rows)
-    for row in rows:
-        if isinstance(row, ScoreResult):
-            print(f"assay: {row.feedback}", file=sys.stderr)
-    positions = [i for i, row in enumerate(rows) if isinstance(row, ScoreItem)]
-    items = [row for row in rows if isinstance(row, ScoreItem)]
-    if report is not None:
-        items = [report.prepare(i, item) for i, item in enumerate(items)]
-    done: dict[int, ScoreResult] = {
-        i: row for i, row in enumerate(rows) if isinstance(row, ScoreResult)
-    }
-    progress.input_errors = len(done)
-    for result in done.values():
-        progress.update(result.status, result.reward)
-    next_out = 0
+) -> Tally:
+    """Score every row of `source` into `sink`, in order, writing each result as soon as every
+    result before it is written (an interrupted run leaves a valid prefix).
 
-    def flush() -> None:
-        nonlocal next_out
-        while next_out in done:
-            sink.write(done.pop(next_out).model_dump_json() + "\n")
-            next_out += 1
-        sink.flush()
+    Rows are read a batch at a time (in a thread), `concurrency` batches are scored at once,
+    and at most a window of rows is held between reading and writing: memory stays flat
+    whatever the input's size.
+    """
+    tally = tally or Tally()
+    display = display or Display(None, enabled=False)
+    window = max(4 * batch_size * concurrency, 1024)
+    done: dict[int, tuple[str, ScoreResult, bool]] = {}
+    written = read = 0
+    room = asyncio.Condition()
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[BaseException] = []
+    tasks: set[asyncio.Task[None]] = set()
 
-    flush()
-    if url:
-        results = _remote_results(items, url, api_key, concurrency or 4, batch_size, retries)
-    else:
-        results = _local_results(items, concurrency)
-    async for index, result in results:
-        if report is not None:
-            result = report.take(index, items[index], result)
-        done[positions[index]] = result
-        progress.update(result.status, result.reward, result.cached)
-        flush()
-    return progress
+    async def flush() -> None:
+        nonlocal written
+        before = written
+        while written in done:
+            verifier, result, bad = done.pop(written)
+            sink.write(result.model_dump_json() + "\n")
+            tally.add(verifier, result, input_error=bad)
+            display.advance()
+            written += 1
+        if written != before:
+            sink.flush()
+            async with room:
+                room.notify_all()
+
+    async def run(items: list[ScoreItem], positions: list[int]) -> None:
+        try:
+            async for index, result in scorer(items):
+                if report is not None:
+                    result = report.take(positions[index], items[index], result)
+                done[positions[index]] = (items[index].verifier, result, False)
+                await flush()
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            gate.release()
+
+    def has_room() -> bool:  # rows read and not yet written stay under the window
+        return read - written < window or bool(failures)
+
+    def take() -> list[ScoreItem | ScoreResult]:
+        return list(itertools.islice(source.rows, batch_size))
+
+    try:
+        while not failures:
+            async with room:
+                await room.wait_for(has_room)
+            await gate.acquire()
+            rows = await asyncio.to_thread(take)
+            if not rows:
+                gate.release()
+                break
+            items, positions = [], []
+            for row in rows:
+                if isinstance(row, ScoreResult):
+                    print(f"assay: {row.feedback}", file=sys.stderr)
+                    done[read] = ("(unreadable)", row, True)
+                else:
+                    items.append(report.prepare(read, row) if report is not None else row)
+                    positions.append(read)
+                read += 1
+            if items:
+                task = asyncio.ensure_future(run(items, positions))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            else:
+                gate.release()
+            await flush()
+        await asyncio.gather(*tasks)
+        if failures:
+            raise failures[0]
+        await flush()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return tally
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -250,52 +168,65 @@ async def score_file(
 def _cmd_score(args: argparse.Namespace) -> int:
     if not args.url:
         _need_server()
-    out_path = Path(args.output) if args.output and args.output != "-" else None
     try:
-        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        print(f"assay: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        thresholds = [Threshold.parse(t) for t in args.fail_on]
+        columns = Columns.parse(args.column, args.verifier)
+        source = open_source(args.input, columns, args.split)
+    except AssayError as exc:
+        print(f"assay: {exc}", file=sys.stderr)
         return 2
+    out_path = Path(args.output) if args.output and args.output != "-" else None
     try:
         sink = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout  # noqa: SIM115
     except OSError as exc:
         print(f"assay: cannot write {out_path}: {exc.strerror}", file=sys.stderr)
         source.close()
         return 2
-    progress = Progress(0, enabled=not args.quiet)
+    tally = Tally()
+    display = Display(source.total, enabled=not args.quiet)
     report = SvgReport(Path(args.report)) if args.report else None
-    try:
-        asyncio.run(
-            score_file(
+
+    async def main() -> None:
+        scorer = (
+            remote_scorer(args.url, args.api_key, args.batch_size, args.retries)
+            if args.url
+            else local_scorer(args.concurrency)
+        )
+        async with scorer as score:
+            await score_source(
                 source,
                 sink,
-                url=args.url,
-                api_key=args.api_key,
-                concurrency=args.concurrency,
+                score,
                 batch_size=args.batch_size,
-                retries=args.retries,
-                progress=progress,
+                concurrency=args.concurrency or 4,
+                tally=tally,
+                display=display,
                 report=report,
             )
-        )
-        if report is not None:
-            report.write()
+
+    try:
+        asyncio.run(main())
     except AssayError as exc:
+        display.close()
         print(f"\nassay: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nassay: interrupted; {progress.done} results written", file=sys.stderr)
+        display.close()
+        print(f"\nassay: interrupted; {tally.done} results written", file=sys.stderr)
         return 130
     finally:
-        if source is not sys.stdin:
-            source.close()
+        display.close()
+        source.close()
         if sink is not sys.stdout:
             sink.close()
-    print(progress.summary(), file=sys.stderr)
-    failed = progress.statuses["internal_error"]
-    if progress.input_errors:
+    if report is not None:
+        report.write()
+    display.summary(tally)
+    crossed = [t.text for t in thresholds if t.crossed(tally.metrics())]
+    failed = tally.statuses["internal_error"]
+    if tally.input_errors:
         print(
-            f"assay: {progress.input_errors} input lines could not be read; their results say why",
+            f"assay: {tally.input_errors} input rows could not be read; their results say why",
             file=sys.stderr,
         )
     if failed:
@@ -304,7 +235,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
             "scoring them again may help",
             file=sys.stderr,
         )
-    return 1 if progress.input_errors or failed else 0
+    if crossed:
+        print(f"assay: --fail-on crossed: {', '.join(crossed)}", file=sys.stderr)
+        return 3
+    return 1 if tally.input_errors or failed else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -348,7 +282,10 @@ def _cmd_verifiers(args: argparse.Namespace) -> int:
         state = "available" if verifier.available else f"unavailable: {verifier.reason}"
         print(f"{verifier.name}: {state}")
         for name, lang in verifier.facts.get("languages", {}).items():
-            mark = "yes" if lang["available"] else "no (needs " + ", ".join(lang["tools"]) + ")"
+            if lang["available"]:
+                mark = f"yes ({lang['version']})" if lang.get("version") else "yes"
+            else:
+                mark = "no: " + str(lang.get("reason") or "needs " + ", ".join(lang["tools"]))
             print(f"  {name}: {mark}")
         for engine, info in verifier.facts.get("engines", {}).items():  # sql
             names = verifier.facts.get("databases", {}).get(engine, [])
@@ -385,10 +322,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_cmd_serve)
 
-    score = sub.add_parser("score", help="score a JSONL file of items into a JSONL of results")
-    score.add_argument("input", help="JSONL file of request items ('-' for stdin)")
+    score = sub.add_parser(
+        "score",
+        help="score a file of items (JSONL, Parquet, a datasets folder) into JSONL results",
+        description="Score every row of INPUT; results come out one per line in the same order. "
+        "Rows are items (API.md) unless --column maps other column names, e.g. stored "
+        "rollouts: --column completion=response --column label=ground_truth.",
+    )
+    score.add_argument(
+        "input", help="JSONL file ('-' for stdin), .parquet file, or a datasets save_to_disk folder"
+    )
     score.add_argument("-o", "--output", help="JSONL file for the results (default stdout)")
-    score.add_argument("--url", help="score through this server instead of in-process")
+    score.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="take an item field (id, verifier, completion, spec, extract, label) from this "
+        "column; a label column holds {verifier, spec, extract} as one JSON object",
+    )
+    score.add_argument("--verifier", help="the verifier of every row")
+    score.add_argument("--split", help="the split of a datasets folder with several")
+    score.add_argument(
+        "--url",
+        action="append",
+        help="score through this server instead of in-process (repeat for several: the work "
+        "is shared among them)",
+    )
     score.add_argument("--api-key", default=os.environ.get("ASSAY_CLIENT_API_KEY"))
     score.add_argument(
         "--concurrency",
@@ -403,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="retries of a request refused with 429/503 or not connected (--url)",
+    )
+    score.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC<N",
+        help="exit 3 when the run crosses this threshold: a status (count) or <status>_rate, "
+        "pass_rate, unjudged, unjudged_rate, mean_reward, input_errors; e.g. "
+        "'internal_error>0', 'pass_rate<0.5', 'unjudged_rate>1%%'",
     )
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.add_argument(

@@ -7,10 +7,19 @@ exception tree.
 from __future__ import annotations
 
 import base64
+import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class AssayError(Exception):
@@ -97,6 +106,78 @@ class ScoreResponse(BaseModel):
     results: list[ScoreResult]
 
 
+# Trainer labels: the trainer adapters and the trainer protocols the service answers
+# (OpenRLHF, slime) carry an item's verifier and spec in a label, a JSON object or its text:
+# {"verifier": "code", "spec": {...}, "extract": "auto"}.
+
+
+def _label_spec(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"the spec must be a JSON object, not {type(value).__name__}")
+    # A `datasets` column of dicts becomes an Arrow struct that gives every row every key seen
+    # in the column, absent ones as None; a spec field set to None means its default anyway.
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def item_from_label(
+    completion: str,
+    label: Any,
+    *,
+    verifier: str | None = None,
+    spec: Any = None,
+    extract: Any = None,
+    ident: str | int | None = None,
+    default_verifier: str | None = None,
+) -> ScoreItem | ScoreResult:
+    """The item a label describes, or a ready `invalid_spec` result saying what is wrong.
+
+    `label` is a JSON object (or its text) with `verifier`, `spec` and optionally `extract`;
+    `verifier`/`spec`/`extract` given here (from dataset columns) take precedence over it;
+    `default_verifier` is used only when neither names a verifier.
+    """
+    try:
+        raw: dict[str, Any] = {}
+        if label is not None and spec is None:
+            parsed = json.loads(label) if isinstance(label, str) else label
+            if not isinstance(parsed, Mapping):
+                raise ValueError(f"the label must be a JSON object, not {type(parsed).__name__}")
+            raw = dict(parsed)
+        if spec is not None:
+            raw["spec"] = spec
+        if verifier is not None:
+            raw["verifier"] = verifier
+        if extract is not None:
+            raw["extract"] = extract
+        if "verifier" not in raw and default_verifier is not None:
+            raw["verifier"] = default_verifier
+        if "verifier" not in raw:
+            raise ValueError("no verifier: the label or the dataset must name one")
+        raw["spec"] = _label_spec(raw.get("spec", {}))
+        if raw.get("extract") is None:
+            raw.pop("extract", None)
+        return ScoreItem(
+            id=ident,
+            verifier=raw["verifier"],
+            completion=completion,
+            spec=raw["spec"],
+            **({"extract": raw["extract"]} if "extract" in raw else {}),
+        )
+    except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+        problem = (
+            str(exc).splitlines()[0]
+            if not isinstance(exc, ValidationError)
+            else ("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        )
+        return ScoreResult(
+            id=ident,
+            reward=None,
+            status="invalid_spec",
+            feedback=f"bad label: {problem}"[:2000],
+        )
+
+
 class VerifierInfo(BaseModel):
     name: str
     available: bool
@@ -127,6 +208,29 @@ class IOTest(SpecModel):
     expected_stdout: str
 
 
+class CheckerSpec(SpecModel):
+    """A special judge: a program deciding each test instead of `compare` (testlib's convention:
+    run with the paths of the test's input, the program's output and the expected output;
+    exit status 0 accepts)."""
+
+    language: str = Field(description="a language of the table (often `cpp` or `python`)")
+    source: str = Field(min_length=1, description="the checker's program")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="files beside the checker's source for its build, e.g. `testlib.h`",
+    )
+    time_limit_s: float = Field(default=10.0, gt=0, le=300, description="per test")
+    memory_mb: int = Field(default=512, ge=16, le=65536)
+
+    @field_validator("files")
+    @classmethod
+    def _plain_names(cls, files: dict[str, str]) -> dict[str, str]:
+        for name in files:
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", name):
+                raise ValueError(f"checker file name {name!r} must be a plain file name")
+        return files
+
+
 class CodeSpec(SpecModel):
     language: str
     tests: Annotated[list[IOTest], Field(min_length=1)] | None = None
@@ -137,11 +241,14 @@ class CodeSpec(SpecModel):
     memory_mb: int = Field(default=512, ge=16, le=65536)
     partial_credit: bool = False
     stop_on_fail: bool | None = None
+    checker: CheckerSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_test(self) -> CodeSpec:
         if (self.tests is None) == (self.test_code is None):
             raise ValueError("give exactly one of `tests` and `test_code`")
+        if self.checker is not None and self.tests is None:
+            raise ValueError("a `checker` judges I/O `tests`; it does not go with `test_code`")
         return self
 
     @property
@@ -328,6 +435,7 @@ __all__ = [
     "DAFNY_FORBID",
     "UNJUDGED",
     "AssayError",
+    "CheckerSpec",
     "CodeSpec",
     "DafnySpec",
     "Extract",
@@ -349,4 +457,5 @@ __all__ = [
     "TagExtract",
     "VerifierInfo",
     "VerifiersResponse",
+    "item_from_label",
 ]

@@ -22,6 +22,9 @@ class Limits:
     memory_mb: int = 512
     """Address space of each process; where the sandbox has a per-job cgroup, also the job's
     memory as a whole (all its processes), with room for its files in memory on top."""
+    address_space_mb: int | None = None
+    """The address-space rlimit of each process where it must differ from `memory_mb`: runtimes
+    that reserve far more address space than they use (JVM, Go, .NET, V8) get room on top."""
     processes: int = 64
     """Processes and threads of the program, itself included; 1: it may start none (enforced
     by seccomp where the sandbox has it, as well as by RLIMIT_NPROC)."""
@@ -39,6 +42,8 @@ class Job:
     files: Mapping[str, str | bytes] = field(default_factory=dict)
     stdin: bytes = b""
     limits: Limits = field(default_factory=Limits)
+    ro_paths: tuple[str, ...] = ()
+    """Host paths bound read-only at the same place (a toolchain's files outside /usr)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,8 @@ class MultiJob:
     runs: tuple[Run, ...]
     files: Mapping[str, str | bytes] = field(default_factory=dict)
     build: Build | None = None
+    ro_paths: tuple[str, ...] = ()
+    """Host paths bound read-only at the same place (a toolchain's files outside /usr)."""
 
 
 @dataclass(frozen=True, slots=True)

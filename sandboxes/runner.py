@@ -222,6 +222,9 @@ class Spec:
         cpu = limits.get("cpu_s")
         self.cpu_s = float(cpu) if cpu is not None else self.wall_s + 1.0
         self.memory_mb = int(limits["memory_mb"])
+        # Room in address space beyond the memory limit, for runtimes that reserve much more
+        # than they use (JVM, Go, V8): the memory cgroup bounds what they use.
+        self.address_space_mb = int(limits.get("address_space_mb") or self.memory_mb)
         self.processes = int(limits["processes"])
         self.file_mb = int(limits["file_mb"])
         self.output_bytes = int(limits["output_bytes"])
@@ -235,7 +238,7 @@ class Spec:
 def _set_limits(spec: Spec) -> None:
     cpu = spec.cpu_rlimit
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    memory = spec.memory_mb << 20
+    memory = spec.address_space_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     size = spec.file_mb << 20
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
@@ -345,6 +348,7 @@ def _init(
         prctl(PR_SET_DUMPABLE, 0)  # the program (the same uid) may not ptrace init
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)  # init ignores what it has no handler for
+        os.write(report, f"T {time.monotonic()}\n".encode())  # set up: for diagnostics
         pid = os.fork()
     except BaseException as exc:
         os.write(report, f"E the run's set-up failed: {exc!r}\n".encode())
@@ -361,7 +365,7 @@ def _init(
         except InterruptedError:
             continue
         if got == pid:
-            os.write(report, f"S {status}\n".encode())
+            os.write(report, f"S {status}\nU {time.monotonic()}\n".encode())
             os._exit(0)  # the kernel kills whatever is left in the namespace
 
 
@@ -448,7 +452,8 @@ def run_step(
     if b"S " not in report:  # the pipes closed, yet init has not said how the program ended
         kill()
     _, _, usage = os.wait4(init, 0)
-    elapsed = time.monotonic() - started
+    ended = time.monotonic()
+    elapsed = ended - started
     cpu = usage.ru_utime + usage.ru_stime
     result: dict[str, Any] = {
         "exit": None,
@@ -466,6 +471,10 @@ def run_step(
     statuses = [int(line[2:]) for line in lines if line.startswith("S ")]
     if errors:
         result["error"] = errors[0]
+    marks = {line[0]: float(line[2:]) for line in lines if line[:2] in ("T ", "U ")}
+    if len(marks) == 2:  # where the time went: namespaces and mounts, and their teardown
+        result["setup_s"] = marks["T"] - started
+        result["teardown_s"] = ended - marks["U"]
     if statuses:
         code = os.waitstatus_to_exitcode(statuses[0])
         if code < 0:

@@ -38,6 +38,7 @@ def envelope(job: MultiJob) -> Limits:
     return Limits(
         wall_s=max(x.wall_s for x in every),
         memory_mb=max(x.memory_mb for x in every) + RUNNER_MB,
+        address_space_mb=max((x.address_space_mb or x.memory_mb) for x in every) + RUNNER_MB,
         processes=max(x.processes for x in every) + 4,
         file_mb=max(x.file_mb for x in every),
         output_bytes=max(x.output_bytes for x in every),

@@ -11,6 +11,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -28,8 +29,19 @@ from assay.sandboxes.base import Sandbox
 from assay.sandboxes.local import LocalSandbox
 from assay.service.engine import Engine, Observer
 from assay.service.metrics import CONTENT_TYPE, Metrics
+from assay.service.openapi import add_spec_schemas
 from assay.service.settings import Settings
-from assay.verifiers import VERIFIERS, DafnyVerifier, SqlVerifier, SvgVerifier, Verifier
+from assay.service.trainers import trainer_router
+from assay.verifiers import (
+    VERIFIERS,
+    CodeVerifier,
+    DafnyVerifier,
+    SqlVerifier,
+    SvgVerifier,
+    Verifier,
+)
+from assay.verifiers.builds import BuildSettings
+from assay.verifiers.compile_cache import CompileCache
 from assay.verifiers.lean import KiminaBackend, LeanVerifier, ReplBackend
 
 log = logging.getLogger("assay.service")
@@ -133,6 +145,10 @@ class ApiKeys:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and scope["path"].startswith("/v1/"):
             header = dict(scope["headers"]).get(b"authorization", b"")
+            if not header and scope["path"].startswith("/v1/trainers/"):
+                # OpenRLHF and slime send no headers: their key may come in the URL.
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                header = f"Bearer {query.get('api_key', [''])[0]}".encode("latin-1")
             scheme, _, key = header.partition(b" ")
             # Every key is compared, whatever matched: the time says nothing of which did.
             matches = [hmac.compare_digest(key.strip(), k) for k in self.keys]
@@ -224,6 +240,8 @@ def build_sandbox(settings: Settings) -> Sandbox:
         uid_base=settings.sandbox_uid_base,
         uid_count=settings.sandbox_uid_count,
         memory_cgroups=settings.sandbox_memory_cgroups,
+        warm_python=settings.warm_python_workers,
+        warm_max_uses=settings.warm_python_max_uses,
     )
 
 
@@ -231,6 +249,10 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     """The Engine, its verifiers and sandbox that `settings` describe."""
     sandbox = build_sandbox(settings)
     verifiers: dict[str, Verifier] = {name: v() for name, v in VERIFIERS.items()}
+    verifiers["code"] = CodeVerifier(
+        compile_cache=CompileCache(settings.compile_cache_mb << 20),
+        build=BuildSettings(time_s=settings.build_time_s, memory_mb=settings.build_memory_mb),
+    )
     verifiers["lean"] = lean_verifier(settings)
     verifiers["dafny"] = DafnyVerifier(
         settings.dafny_home,
@@ -400,6 +422,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 metrics.in_flight.dec(len(body.items))
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app.include_router(trainer_router(engine, admit, StrictJSONRoute))
+    add_spec_schemas(app, {n: v.spec_model for n, v in engine.verifiers.items()})
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse)
     async def verifiers() -> VerifiersResponse:

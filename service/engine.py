@@ -300,7 +300,8 @@ class Engine:
                     name=name,
                     available=reason is None,
                     reason=reason,
-                    facts=verifier.facts(self.sandbox),
+                    # In a thread: facts may probe toolchains (the code verifier's versions).
+                    facts=await asyncio.to_thread(verifier.facts, self.sandbox),
                 )
             )
         return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
         description="A memory cgroup per job where this process may make them (root, or a "
         "delegated cgroup): caps all of a job's processes and tmpfs files together.",
     )
+    warm_python_workers: int = Field(
+        default_factory=lambda: 2 * _cores(),
+        ge=0,
+        description="Warm Python interpreters (each in a long-lived sandbox) that Python "
+        "programs are forked from; 0 runs every program in a fresh sandbox and interpreter.",
+    )
+    warm_python_max_uses: int = Field(
+        default=200,
+        ge=1,
+        description="Items a warm Python interpreter serves before it is replaced by a fresh one.",
+    )
     sandbox_uid_base: int = Field(default=61000, ge=1000)
     sandbox_uid_count: int = Field(default=1000, ge=1)
     concurrency: dict[str, int] = Field(
@@ -67,6 +78,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Result cache size in bytes (of its verdicts' text and details, roughly).",
     )
+    compile_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Compiled programs kept (binaries, class files, compile errors), in MB: a "
+        "program seen before is not compiled again.",
+    )
+    build_time_s: float = Field(default=60.0, gt=0, description="Wall-clock limit of a compile.")
+    build_memory_mb: int = Field(default=2048, ge=256, description="Memory limit of a compile.")
     max_items: int = Field(default=10_000, ge=1, description="Items per request (else 413).")
     max_body_bytes: int = Field(default=64 << 20, ge=1024, description="Body size (else 413).")
     max_pending_items: int = Field(

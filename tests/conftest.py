@@ -30,9 +30,10 @@ def _free_port() -> int:
         return port
 
 
-def start_server(**settings: str) -> Server:
-    """A real `assay serve` process on a free loopback port, settings as ASSAY_* variables."""
-    port = _free_port()
+def start_server(port: int | None = None, **settings: str) -> Server:
+    """A real `assay serve` process on a free loopback port (or `port`), settings as ASSAY_*
+    variables."""
+    port = port or _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
     env.update({f"ASSAY_{k.upper()}": v for k, v in settings.items()})
     process = subprocess.Popen(

@@ -77,3 +77,40 @@ def test_dafny_pool_benchmark_runs_and_agrees(tmp_path: Path) -> None:
     assert round_["cached"] == 1  # the 10% exact copy
     assert set(round_["statuses"]) <= {"passed", "failed"}
     assert round_["statuses"]["passed"] >= 1
+
+
+@needs_bwrap
+def test_warm_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "warm.json"
+    command = [sys.executable, str(ROOT / "bench" / "warm.py"), "--rounds", "1", "--json", str(out)]
+    command += ["--parts", "stdin,io", "--items", "20", "--io-items", "3", "--io-tests", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(out.read_text())
+    (round_,) = report["stdin"]["rounds"]
+    assert round_["agree"]  # warm, cold, plain and the floor give every item the same reward
+    (io,) = report["io"]["rounds"]
+    # One sandbox per test, one per item, and none per item on warm workers (each started once).
+    assert io["per_test"]["sandbox_starts"] == 3 * 4
+    assert io["run_many"]["sandbox_starts"] == 3
+    assert io["warm"]["sandbox_starts"] <= 3
+    assert all(way["all_passed"] for way in io.values())
+
+
+@needs_bwrap
+def test_trl_step_benchmark_runs_and_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "trl_step.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "trl_step.py"), "--prompts", "4", "--group", "4"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(out.read_text())
+    (round_,) = report["rounds"]
+    assert round_["completions"] == 16
+    assert round_["rewards_agree"] is True
+    assert 0.0 < round_["mean_reward"] < 1.0  # right and wrong programs both
+    assert "| assay TRL adapter, one call |" in done.stdout

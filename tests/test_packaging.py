@@ -64,15 +64,25 @@ def test_bare_client_installs_without_server_dependencies(wheel: Path, tmp_path:
     probe = (
         "import importlib.util, json, assay.clients\n"
         "from assay.clients import AssayClient\n"
+        "from assay.clients.trainers.trl import assay_reward, assay_reward_async\n"
+        "from assay.clients.trainers.verl import compute_score, compute_score_async\n"
         "print(json.dumps({m: importlib.util.find_spec(m) is not None "
-        "for m in ['httpx', 'pydantic', 'fastapi', 'uvicorn']}))\n"
+        "for m in ['httpx', 'pydantic', 'fastapi', 'uvicorn', 'torch', 'trl', 'rich']}))\n"
     )
     found = json.loads(
         subprocess.run(
             [str(python), "-c", probe], check=True, capture_output=True, text=True
         ).stdout
     )
-    assert found == {"httpx": True, "pydantic": True, "fastapi": False, "uvicorn": False}
+    assert found == {
+        "httpx": True,
+        "pydantic": True,
+        "fastapi": False,
+        "uvicorn": False,
+        "torch": False,
+        "trl": False,
+        "rich": False,
+    }
     serve = subprocess.run(
         [str(tmp_path / "venv" / "bin" / "assay"), "serve"], capture_output=True, text=True
     )

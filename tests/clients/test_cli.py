@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,8 +67,9 @@ def test_score_file(tmp_path: Path, server: Server, mode: str) -> None:
     assert results[3]["reward"] is None
     assert "input line 5" in done.stderr
     assert "7 items in" in done.stderr
-    assert "passed 2" in done.stderr
-    assert "invalid_spec 3" in done.stderr
+    # The closing table: a row per verifier (and the unreadable rows), a column per status.
+    assert re.search(r"code\W+4\W+2\W+1\W+1\W+0\W+0\.500", done.stderr), done.stderr
+    assert re.search(r"\(unreadable\)\W+3\W+0\W+0\W+0\W+3\W+-", done.stderr), done.stderr
 
 
 def test_score_clean_file_exits_zero_and_reads_stdin(tmp_path: Path) -> None:
@@ -135,33 +137,40 @@ def test_batches_too_large_for_the_server_are_split(tmp_path: Path, server: Serv
 
 
 async def test_a_server_that_dies_mid_run_loses_no_line(tmp_path: Path) -> None:
-    from assay.clients.cli import score_file
-    from assay.clients.progress import Progress
+    from assay.clients.cli import remote_scorer, score_source
+    from assay.clients.progress import Tally
+    from assay.clients.schema import ScoreResult
+    from assay.clients.sources import Columns, open_source
 
     victim = start_server()
 
-    class KillOnFirstResult(Progress):
-        def update(self, status: str, reward: float | None, cached: bool = False) -> None:
-            super().update(status, reward, cached)
+    class KillOnFirstResult(Tally):
+        def add(self, verifier: str, result: ScoreResult, *, input_error: bool = False) -> None:
+            super().add(verifier, result, input_error=input_error)
             if self.done == 1:
                 stop_server(victim)
 
-    lines = [
-        json.dumps({"id": n, "verifier": "code", "completion": GOOD, "spec": SPEC})
-        for n in range(3)
-    ]
+    source_path = tmp_path / "in.jsonl"
+    source_path.write_text(
+        "".join(
+            json.dumps({"id": n, "verifier": "code", "completion": GOOD, "spec": SPEC}) + "\n"
+            for n in range(3)
+        )
+    )
     sink = io.StringIO()
     try:
-        progress = await score_file(
-            io.StringIO("\n".join(lines)),
-            sink,
-            url=victim.url,
-            api_key=None,
-            concurrency=1,
-            batch_size=1,
-            retries=0,
-            progress=KillOnFirstResult(0, enabled=False),
-        )
+        async with (
+            remote_scorer([victim.url], None, batch_size=1, retries=0) as scorer,
+        ):
+            with open_source(str(source_path), Columns()) as source:
+                tally = await score_source(
+                    source,
+                    sink,
+                    scorer,
+                    batch_size=1,
+                    concurrency=1,
+                    tally=KillOnFirstResult(),
+                )
     finally:
         stop_server(victim)
     results = [json.loads(line) for line in sink.getvalue().splitlines()]
@@ -173,7 +182,7 @@ async def test_a_server_that_dies_mid_run_loses_no_line(tmp_path: Path) -> None:
     assert results[1]["reward"] is None
     assert results[1]["details"] == {"retryable": True}
     assert "not scored" in results[1]["feedback"]
-    assert progress.statuses["internal_error"] == 2
+    assert tally.statuses["internal_error"] == 2
 
 
 def test_wrong_api_key_stops_the_run(tmp_path: Path, keyed_server: Server) -> None:

@@ -8,6 +8,7 @@ killed at its own memory cap and one killed by the host's shortage.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -23,6 +24,7 @@ from assay.service.engine import Engine
 from assay.verifiers.base import Status
 from assay.verifiers.code import classify
 from tests.conftest import needs_bwrap
+from tests.sandboxes.test_contract import _gone
 
 PYTHON = languages()["python"]
 LIMITS = Limits(wall_s=10.0, memory_mb=256, processes=16, file_mb=8)
@@ -222,3 +224,31 @@ async def test_the_kernels_keyrings_are_out_of_reach(sandbox: LocalSandbox) -> N
         "print('refused' if found < 0 and ctypes.get_errno() == errno.ENOSYS else 'reached')\n"
     )
     assert await _run(sandbox, code) == b"refused\n"
+
+
+@needs_bwrap
+async def test_jobs_cancelled_while_they_start_leave_no_process(tmp_path: Path) -> None:
+    """Cancelled at each step of its start, a job leaves nothing running: asyncio kills only
+    the first process of one cancelled while it starts, and bwrap's namespace child then waited
+    for its killed parent forever."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the jobs' processes are found by their uids")
+    # No cgroup: its set-up is a thread's work, and the steps below are the event loop's.
+    box = LocalSandbox(
+        uid_base=62500, uid_count=20, lock_dir=tmp_path / "uids", memory_cgroups=False
+    )
+    await box.check()  # the probe job, uncancelled
+    job = Job(argv=PYTHON.run, files={PYTHON.file: "import time\ntime.sleep(30)\n"}, limits=LIMITS)
+    try:
+        async with asyncio.timeout(120):  # (a start that never ends fails, too)
+            for steps in range(20):
+                for _ in range(3):
+                    task = asyncio.ensure_future(box.run(job))
+                    for _ in range(steps):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        assert await _gone(62500, 20) == []
+    finally:
+        await box.close()

@@ -404,7 +404,7 @@ async def test_unsandboxed_mode_runs_only_when_chosen(tmp_path: Path) -> None:
 
 
 def _check_etc_view(view: Path) -> None:
-    from assay.sandboxes.local import ETC_ALLOWED
+    from assay.sandboxes.bwrap import ETC_ALLOWED
 
     assert (view / "passwd").is_file()
     assert (view / "ld.so.cache").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,12 +16,14 @@ from tests.conftest import needs_bwrap
 pytestmark = needs_bwrap
 
 PY = ("python3", "-I", "-B", "main.py")
+UID_COUNT = 20
+UID_BASE = 72000 + UID_COUNT * random.randrange(100)  # a range of its own, drawn at random
 
 
 @pytest.fixture(params=["bwrap", "unsandboxed"])
 async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalSandbox]:
     box = LocalSandbox(
-        isolation=request.param, uid_base=62100, uid_count=20, lock_dir=tmp_path / "uids"
+        isolation=request.param, uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids"
     )
     yield box
     await box.close()
@@ -104,4 +107,4 @@ async def test_stopping_early_kills_the_sequence(sandbox: LocalSandbox, tmp_path
     if os.geteuid() == 0:
         from tests.sandboxes.test_contract import _gone
 
-        assert await _gone(62100, 20) == []
+        assert await _gone(UID_BASE, UID_COUNT) == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assay.sandboxes import SandboxError
-from assay.sandboxes.local import UidPool
+from assay.sandboxes.uids import UidPool
 
 
 def test_uids_are_exclusive_until_released(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_another_process_cannot_take_a_held_uid(tmp_path: Path) -> None:
     pool = UidPool(70000, 2, tmp_path)
     with pool.hold() as mine:
         other = (
-            "from pathlib import Path\nfrom assay.sandboxes.local import UidPool\n"
+            "from pathlib import Path\nfrom assay.sandboxes.uids import UidPool\n"
             f"pool = UidPool(70000, 2, Path({str(tmp_path)!r}))\nprint(pool.acquire())\n"
         )
         theirs = subprocess.run(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from assay.clients.schema import ScoreItem
+from assay.clients.schema import ScoreItem, ScoreResult
 from assay.sandboxes import LocalSandbox
 from assay.service.engine import Engine
 from tests.conftest import needs_bwrap
@@ -56,12 +56,23 @@ def items(problems: list[dict[str, Any]]) -> list[ScoreItem]:
     return out
 
 
+async def _score(sandbox: LocalSandbox, problems: list[dict[str, Any]]) -> list[ScoreResult]:
+    try:
+        return await Engine(sandbox, default_concurrency=4).score(items(problems))
+    finally:
+        await sandbox.close()
+
+
 async def test_every_humaneval_problem(tmp_path: Path) -> None:
+    """Cold (a sandbox per program) and warm (forked from a warm interpreter): the same
+    verdicts."""
     problems = humaneval()
     assert len(problems) == 164
-    results = await Engine(LocalSandbox(lock_dir=tmp_path), default_concurrency=4).score(
-        items(problems)
-    )
+    results = await _score(LocalSandbox(lock_dir=tmp_path / "cold"), problems)
+    warm = await _score(LocalSandbox(lock_dir=tmp_path / "warm", warm_python=2), problems)
+    assert [(r.id, r.status, r.reward) for r in warm] == [
+        (r.id, r.status, r.reward) for r in results
+    ]
     by_kind: dict[str, Counter[str]] = {kind: Counter() for kind in BODIES}
     wrong = []
     for result in results:

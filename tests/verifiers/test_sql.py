@@ -345,6 +345,26 @@ async def test_a_group_of_predictions_runs_the_gold_once(
     assert verifier.stats.gold_runs == runs + 1
 
 
+async def test_the_server_default_for_empty_gold_results(
+    judge: tuple[SqlVerifier, LocalSandbox], databases: Databases
+) -> None:
+    _, sandbox = judge
+    strict = SqlVerifier(data_dir=databases.data_dir, empty_gold="zero", workers=1)
+    empty = {"gold_sql": "SELECT id FROM orders WHERE order_year = 1990", "database": "shop"}
+    try:
+        by_default = await strict.verify(
+            "SELECT id FROM orders WHERE 1 = 0", SqlSpec(**empty), sandbox
+        )
+        asked = await strict.verify(
+            "SELECT id FROM orders WHERE 1 = 0", SqlSpec(**empty, empty_gold="score"), sandbox
+        )
+    finally:
+        await strict.close()
+    assert (by_default.status.value, by_default.reward) == ("failed", 0.0)
+    assert by_default.details["empty_gold"] is True
+    assert (asked.status.value, asked.reward) == ("passed", 1.0)
+
+
 async def test_a_cancelled_asker_leaves_the_gold_run_to_the_others(
     judge: tuple[SqlVerifier, LocalSandbox],
 ) -> None:

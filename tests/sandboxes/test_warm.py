@@ -1,0 +1,224 @@
+"""Warm Python: programs forked from one warm interpreter see nothing of each other.
+
+Each test runs a hostile program, then a probe, on a pool of one worker (so both run on the
+same interpreter, checked by the pool's count of started workers): whatever the first did to
+its process, files, children, limits or fds, the probe sees a fresh program's world.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from assay.clients.schema import CodeSpec
+from assay.sandboxes import Job, Limits, LocalSandbox, MultiJob, Run, RunResult
+from assay.verifiers import CodeVerifier
+from tests.conftest import needs_bwrap
+
+pytestmark = needs_bwrap
+
+UID_COUNT = 20
+UID_BASE = 70000 + UID_COUNT * random.randrange(100)
+LIMITS = Limits(wall_s=5.0, memory_mb=256, processes=16, file_mb=8)
+
+
+@pytest.fixture
+async def warm(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    box = LocalSandbox(
+        uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids", warm_python=1
+    )
+    yield box
+    await box.close()
+
+
+async def _run(box: LocalSandbox, code: str, stdin: bytes = b"") -> RunResult:
+    job = Job(argv=("python3", "-I", "-B", "main.py"), files={"main.py": code}, stdin=stdin)
+    return await box.run(job)
+
+
+def _started(box: LocalSandbox) -> int:
+    assert box._warm is not None
+    return box._warm.pool.stats.started
+
+
+@dataclass(frozen=True)
+class Leak:
+    name: str
+    attack: str
+    probe: str
+    fresh: bytes  # what the probe prints on a fresh interpreter
+
+
+LEAKS = [
+    Leak(
+        "patched_builtins_and_stdlib",
+        "import builtins, math, json, sys\nbuiltins.len = lambda x: 0\nmath.pi = 3\n"
+        "json.dumps = None\nsys.modules['heapq'] = None\nsys.path.insert(0, '/tmp')\n",
+        "import math, json, heapq, sys\nprint(len('ab'), math.pi, json.dumps(1), sys.path[0])\n",
+        b"2 3.141592653589793 1 /work\n",
+    ),
+    Leak(
+        "files_in_work_tmp_and_shm",
+        "for p in ['left', '/tmp/left', '/dev/shm/left']:\n    open(p, 'w').write('x')\n",
+        "import os\nprint(os.listdir('.'), os.listdir('/tmp'), os.listdir('/dev/shm'))\n",
+        b"['main.py'] [] []\n",
+    ),
+    Leak(
+        "threads_and_children",
+        "import subprocess, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        "subprocess.Popen(['python3', '-c', 'import os, time\\nos.fork()\\ntime.sleep(60)'])\n"
+        "time.sleep(0.2)\n",
+        "import os, threading\n"
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), "
+        "threading.active_count())\n",
+        b"[1, 2] 1\n",
+    ),
+    Leak(
+        "cwd_env_and_umask",
+        "import os\nos.chdir('/tmp')\nos.environ['LEAK'] = '1'\nos.umask(0o777)\n",
+        "import os\nprint(os.getcwd(), 'LEAK' in os.environ, oct(os.umask(0o22)))\n",
+        b"/work False 0o22\n",
+    ),
+    Leak(
+        "rlimits",
+        "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (8, 8))\n"
+        "resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, 1 << 20))\n",
+        "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))\n",
+        b"(256, 256)\n",
+    ),
+    Leak(
+        "closes_and_dups_fds",
+        "import os\nfor fd in range(3, 20):\n    os.dup2(1, fd)\nos.close(0)\nos.close(2)\n",
+        "import os, sys\nprint(sorted(os.listdir('/proc/self/fd')), sys.stdin.read())\n",
+        b"['0', '1', '2', '3'] in\n",
+    ),
+    Leak(
+        "signals_its_parent_and_everyone",
+        "import os, signal\nfor pid, sig in [(os.getppid(), signal.SIGKILL), (1, signal.SIGTERM),"
+        " (-1, signal.SIGKILL)]:\n    try:\n        os.kill(pid, sig)\n    except OSError:\n"
+        "        pass\nprint('alive')\n",
+        "print('next')\n",
+        b"next\n",
+    ),
+    Leak(
+        "signal_handlers_and_alarm",
+        "import signal\nsignal.signal(signal.SIGALRM, lambda *a: print('late'))\n"
+        "signal.alarm(1)\nsignal.signal(signal.SIGPIPE, signal.SIG_DFL)\n",
+        "import signal, time\nprint(signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN, "
+        "signal.getsignal(signal.SIGALRM) == signal.SIG_DFL)\ntime.sleep(1.5)\n",
+        b"True True\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("leak", LEAKS, ids=lambda c: c.name)
+async def test_the_next_program_sees_nothing_of_the_last(warm: LocalSandbox, leak: Leak) -> None:
+    before = await _run(warm, leak.probe, b"in")
+    assert before.stdout == leak.fresh, before
+    await _run(warm, leak.attack)
+    after = await _run(warm, leak.probe, b"in")
+    assert after.stdout == leak.fresh, after
+    assert _started(warm) == 1  # all three on the same warm interpreter
+
+
+async def test_a_crashing_program_leaves_the_worker_well(warm: LocalSandbox) -> None:
+    crashes = [
+        "import ctypes\nctypes.string_at(0)\n",
+        "import os\nos._exit(3)\n",
+        "import os\nos.abort()\n",
+        "raise SystemExit('bye')\n",
+    ]
+    codes = [(await _run(warm, code)) for code in crashes]
+    assert [(r.exit_code, r.signal) for r in codes] == [(None, 11), (3, None), (None, 6), (1, None)]
+    assert codes[3].stderr == b"bye\n"
+    assert (await _run(warm, "print(7)")).stdout == b"7\n"
+    assert _started(warm) == 1
+
+
+async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> None:
+    code = "import random\nprint(random.random())\n"
+    outs = {(await _run(warm, code)).stdout for _ in range(3)}
+    assert len(outs) == 3
+
+
+async def test_a_worker_is_recycled_after_its_uses(tmp_path: Path) -> None:
+    box = LocalSandbox(
+        uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path, warm_python=1, warm_max_uses=2
+    )
+    try:
+        for _ in range(5):
+            assert (await _run(box, "print(1)")).stdout == b"1\n"
+        assert box._warm is not None
+        assert box._warm.pool.stats.started == 3
+    finally:
+        await box.close()
+
+
+async def test_stopping_early_keeps_the_worker(warm: LocalSandbox) -> None:
+    job = MultiJob(
+        argv=("python3", "-I", "-B", "main.py"),
+        files={"main.py": "print(input())"},
+        runs=tuple(Run(stdin=f"{i}\n".encode()) for i in range(10)),
+    )
+    seen = []
+    async with contextlib.aclosing(warm.run_many(job)) as steps:
+        async for step in steps:
+            seen.append(step.result.stdout)
+            if len(seen) == 2:
+                break
+    assert seen == [b"0\n", b"1\n"]
+    assert (await _run(warm, "print(5)")).stdout == b"5\n"
+    assert _started(warm) == 1
+
+
+# -- the same verdicts warm and cold ---------------------------------------------------------
+
+IO_PROGRAMS = {
+    "right": "a, b = map(int, input().split())\nprint(a + b)\n",
+    "wrong": "a, b = map(int, input().split())\nprint(a - b)\n",
+    "crashes": "a, b = map(int, input().split())\nprint(a // 0)\n",
+    "syntax": "print(\n",
+    "exits_early": "import sys\nsys.exit(0)\n",
+    "exits_2": "import sys\nsys.exit(2)\n",
+    "exit_message": "raise SystemExit('no')\n",
+    "sleeps": "import time\ntime.sleep(10)\n",
+    "spins": "while True:\n    pass\n",
+    "allocates": "x = bytearray(1 << 40)\n",
+    "floods": "while True:\n    print('x' * 1000)\n",
+    "reads_all": "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n",
+    "threads": "import threading\nout = []\nt = threading.Thread(target=lambda: out.append("
+    "sum(map(int, input().split()))))\nt.start()\nt.join()\nprint(out[0])\n",
+    "atexit": "import atexit\na, b = map(int, input().split())\natexit.register(print, a + b)\n",
+    "unflushed": "import sys\na, b = map(int, input().split())\nsys.stdout.write(str(a + b))\n",
+}
+
+
+async def test_io_verdicts_are_the_same_warm_and_cold(warm: LocalSandbox, tmp_path: Path) -> None:
+    cold = LocalSandbox(uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids")
+    verifier = CodeVerifier()
+    spec = CodeSpec.model_validate(
+        {
+            "language": "python",
+            "time_limit_s": 1.0,
+            "tests": [
+                {"stdin": "1 2\n", "expected_stdout": "3\n"},
+                {"stdin": "5 5\n", "expected_stdout": "10\n"},
+            ],
+            "partial_credit": True,
+        }
+    )
+    try:
+        for name, code in IO_PROGRAMS.items():
+            a = await verifier.verify(code, spec, cold)
+            b = await verifier.verify(code, spec, warm)
+            assert (a.status, a.reward) == (b.status, b.reward), (name, a, b)
+            assert a.feedback.splitlines()[:2] == b.feedback.splitlines()[:2], name
+    finally:
+        await cold.close()
