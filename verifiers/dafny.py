@@ -194,7 +194,8 @@ class _Checked:
 
     verdict: Verdict | None = None  # `compile_error`, `forbidden`, `invalid_spec`
     trivial: str | None = None  # why the specification proves nothing
-    excused: bool = False  # the program keeps an `assume` or a body-less member of the reference
+    excused: bool = False  # it keeps an `assume` or body-less member of its reference, or a
+    # trait's abstract member: Dafny's own guards would refuse what the token checks allow
 
 
 def _static_checks(payload: str, spec: DafnySpec) -> _Checked:
@@ -214,6 +215,7 @@ def _static_checks(payload: str, spec: DafnySpec) -> _Checked:
             return _Checked(Verdict.unjudged(Status.INVALID_SPEC, why))
         excused = any(f.construct in ("assume", "bodiless") for f in found if f not in kept)
         found = kept
+    excused = excused or syntax.abstract_trait_members(decls)
     if found:
         shown = [f"{f.construct} at {f.describe()}" for f in found[:_SHOWN_ERRORS]]
         return _Checked(
@@ -225,7 +227,7 @@ def _static_checks(payload: str, spec: DafnySpec) -> _Checked:
             )
         )
     if reference is None:
-        return _Checked(trivial=syntax.proves_nothing(decls))
+        return _Checked(trivial=syntax.proves_nothing(decls), excused=excused)
     changes = syntax.spec_changes(reference, decls)
     if changes:
         return _Checked(
@@ -236,7 +238,7 @@ def _static_checks(payload: str, spec: DafnySpec) -> _Checked:
                 {"spec_changes": changes},
             )
         )
-    return _Checked(excused=excused)
+    return _Checked(excused=excused)  # `trivial` is for programs without a reference
 
 
 class _Server:

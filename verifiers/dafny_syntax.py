@@ -590,6 +590,22 @@ def _attribute_construct(name: str, args: str) -> str | None:
     return "{:*}"
 
 
+def abstract_trait_members(decls: list[Decl]) -> bool:
+    """Whether a trait declares a member with an ensures clause and no body (Dafny 2.3's
+    /noCheating:1 refuses those, though each class that extends the trait proves them)."""
+    return any(
+        d.kind == "trait"
+        and any(
+            m.callable
+            and m.body is None
+            and "static" not in m.modifiers
+            and any(kw == "ensures" for kw, _ in m.clauses)
+            for m in d.members
+        )
+        for d in walk(decls)
+    )
+
+
 def _enclosing_kinds(decls: list[Decl], target: Decl) -> list[str]:
     def search(items: list[Decl], trail: list[str]) -> list[str] | None:
         for d in items:

@@ -586,3 +586,28 @@ async def test_a_body_less_lemma_of_the_reference_is_a_given_fact(
     own = given + user + "lemma Mine() ensures false\n"
     status, _, feedback, _ = await judge(verifier, sandbox, own, reference=reference)
     assert status is Status.FORBIDDEN, feedback
+
+
+async def test_a_traits_abstract_method_is_proved_by_its_class(
+    verifier: DafnyVerifier, sandbox: LocalSandbox
+) -> None:
+    program = """
+trait Shape {
+  method Area() returns (a: int)
+    ensures a >= 0
+}
+class Square extends Shape {
+  var side: int
+  constructor (s: int) { side := s; }
+  method Area() returns (a: int)
+    ensures a >= 0
+  {
+    a := side * side;
+  }
+}
+"""
+    status, _, feedback, _ = await judge(verifier, sandbox, program)
+    assert status is Status.PASSED, feedback
+    wrong = program.replace("a := side * side;", "a := side;")
+    status, _, feedback, _ = await judge(verifier, sandbox, wrong)
+    assert status is Status.FAILED, feedback
