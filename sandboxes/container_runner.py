@@ -122,16 +122,11 @@ def _oom_kills() -> int:
 
 def _limits(limits: dict[str, Any], service_filter: bytes) -> Any:
     cpu = int(limits.get("cpu_s") or limits["wall_s"] + 1) + 1
-    memory = int(limits["memory_mb"]) << 20
+    # Runtimes that reserve far more address space than they use (JVM, Go, V8) get room.
+    memory = int(limits.get("address_space_mb") or limits["memory_mb"]) << 20
     file_size = int(limits["file_mb"]) << 20
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        if limits.get("address_space", True):
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         # The job, not the runner, is what the kernel kills when the container runs out.
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
@@ -143,8 +138,35 @@ def _limits(limits: dict[str, Any], service_filter: bytes) -> Any:
             raise OSError(ctypes.get_errno(), "no_new_privs refused")
         _load_filter(_namespace_filter())
         _load_filter(service_filter)
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Last: this (forked) interpreter may already hold more address space than the job
+        # may; any allocation after it could fail here instead of in the job.
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return apply
+
+
+def _exited(pid: int) -> bool:
+    """Whether the process has ended, without reaping it (its usage is read when it is)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _reap(pid: int, deadline: float | None) -> tuple[int | None, Any]:
+    """The process's exit code (negative: the signal) and resource usage, once it ends; `None`
+    if it is still running at `deadline` (`None`: wait as long as it takes)."""
+    while True:
+        got, status, usage = os.wait4(pid, 0 if deadline is None else os.WNOHANG)
+        if got:
+            return os.waitstatus_to_exitcode(status), usage
+        if deadline is not None and time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.005)
 
 
 def _write_files(files: dict[str, str]) -> None:
@@ -273,7 +295,7 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
         if left <= 0:
             timed_out = exited_at is None
             break
-        if exited_at is None and proc.poll() is not None:
+        if exited_at is None and _exited(proc.pid):
             exited_at = now
         # Once the program has exited, what it started may hold its pipes open: read what is
         # there, briefly, and stop.
@@ -301,9 +323,19 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
                 break
         if exceeded:
             break
+    code: int | None = None
+    usage = None
+    if not (timed_out or exceeded):
+        # Its pipes are closed: it is exiting (a program closes its output before it ends).
+        # Wait for its status before the kill, or the kill would be what it died of.
+        code, usage = _reap(proc.pid, deadline)
+        timed_out = code is None  # it closed its output and went on running
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    code = proc.wait()
+    if code is None:
+        code, usage = _reap(proc.pid, None)
+    assert code is not None
+    proc.returncode = code  # reaped here, with its resource usage
     elapsed = time.monotonic() - started
     selector.close()
     for stream in (proc.stdin, proc.stdout, proc.stderr):
@@ -324,6 +356,8 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
         "output_exceeded": exceeded,
         "file_exceeded": sig == signal.SIGXFSZ,
         "oom_killed": _oom_kills() > oom_before,
+        "memory_kb": usage.ru_maxrss if usage is not None else None,
+        "cpu_time_s": usage.ru_utime + usage.ru_stime if usage is not None else None,
         "clean": not remains and not _others(),
         "why": ", ".join(remains),
     }

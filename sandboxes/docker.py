@@ -143,6 +143,8 @@ class _Container:
             output_exceeded=answer["output_exceeded"],
             file_exceeded=answer["file_exceeded"],
             oom_killed=answer["oom_killed"],
+            cpu_time_s=answer.get("cpu_time_s"),
+            memory_kb=answer.get("memory_kb"),
         )
 
     async def wipe(self) -> None:
@@ -342,11 +344,17 @@ class DockerSandbox:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(worker.container.remove, force=True)
 
-    def _image_for(self, tool: str) -> str:
+    def _image_for(self, *argvs: tuple[str, ...]) -> str:
+        """The first image that has every program the argvs name: their first words, and the
+        other words that are programs of some image (the compiler behind `sh -c "$@"`)."""
+        known = set().union(*self._tools.values())
+        needed = {argv[0] for argv in argvs if argv and "/" not in argv[0]}
+        needed |= {word for argv in argvs for word in argv[1:] if word in known}
         for image in self.images:
-            if tool in self._tools.get(image, ()):
+            if needed <= self._tools.get(image, set()):
                 return image
-        raise SandboxUnavailable(f"no configured image has {tool!r}")
+        missing = sorted(needed - known) or sorted(needed)
+        raise SandboxUnavailable(f"no configured image has all of {', '.join(missing)}")
 
     # -- the Sandbox protocol ------------------------------------------------------------
 
@@ -354,7 +362,7 @@ class DockerSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
-        image = self._image_for(job.argv[0])
+        image = self._image_for(job.argv)
         async with self._pool.lease(image) as worker:
             return await worker.run(job)
 
@@ -364,7 +372,9 @@ class DockerSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
-        image = self._image_for((job.build.argv if job.build else job.argv)[0])
+        # The image's own toolchain paths stand for `ro_paths` (a package's data, as /var/lib/ghc).
+        argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
+        image = self._image_for(*argvs, *([job.build.argv] if job.build else []))
         async with self._pool.lease(image) as worker:
             files = job.files
             stop = False
@@ -400,7 +410,7 @@ class DockerSandbox:
             raise SandboxUnavailable(reason)
         if spec.ro_paths:
             raise SandboxError("the docker backend binds no host paths: the image must hold them")
-        worker = await self._start(self._image_for(spec.argv[0]))
+        worker = await self._start(self._image_for(spec.argv))
         request = {
             "op": "exec",
             "argv": list(spec.argv),

@@ -84,8 +84,9 @@ def base_image(url: str) -> str:
     return LOCAL_BASE
 
 
-def build(url: str, family: str, tag: str | None = None) -> str:
-    """Build `sandboxes/images/<family>` (once: an existing tag is reused) and return its tag."""
+def build(url: str, family: str, tag: str | None = None, packages: str = "") -> str:
+    """Build `sandboxes/images/<family>` (once: an existing tag is reused) and return its tag;
+    `packages`: the Debian packages of a toolchain image (compose.yaml's PACKAGES)."""
     import docker
 
     tag = tag or f"localhost/assay-{family}:test"
@@ -95,6 +96,9 @@ def build(url: str, family: str, tag: str | None = None) -> str:
             client.images.get(tag)
         except docker.errors.ImageNotFound:
             client.images.build(
-                path=str(IMAGES / family), tag=tag, buildargs={"BASE_IMAGE": base}, rm=True
+                path=str(IMAGES / family),
+                tag=tag,
+                buildargs={"BASE_IMAGE": base, "PACKAGES": packages},
+                rm=True,
             )
     return tag

@@ -13,6 +13,7 @@ import pytest
 from assay.sandboxes import Job, Limits, RunResult
 from assay.sandboxes.base import Build, MultiJob, Run
 from assay.sandboxes.docker import DockerSandbox
+from assay.verifiers.base import Status
 from assay.verifiers.code import classify
 from tests.containers.engine import build, engine
 from tests.sandboxes.test_contract import HOSTILE, LIMITS, PYTHON, SLACK_S, Hostile
@@ -193,3 +194,57 @@ async def test_a_failed_build_ends_the_item(box: DockerSandbox) -> None:
     )
     steps = [step async for step in box.run_many(job)]
     assert [(s.kind, s.result.exit_code) for s in steps] == [("build", 3)]
+
+
+@pytest.fixture(scope="module")
+def native_image(engine_url: str) -> str:
+    return build(engine_url, "toolchain", tag="localhost/assay-native:test", packages=NATIVE)
+
+
+NATIVE = "gcc g++ libc6-dev"  # compose.yaml's lang-native, less what these tests do not run
+
+
+@pytest.mark.parametrize("language", ["python", "c", "cpp"])
+async def test_the_code_verifiers_table_through_containers(
+    engine_url: str, python_image: str, native_image: str, language: str
+) -> None:
+    """The language tests' table (right, wrong, compile error, crash, time-out, memory hog,
+    test code) through the docker backend: compiled once, run in warm containers."""
+    from assay.clients.schema import CodeSpec
+    from assay.verifiers.code import CodeVerifier
+    from tests.verifiers.language_programs import PROGRAMS
+
+    sandbox = DockerSandbox([python_image, native_image], base_url=engine_url)
+    try:
+        assert await sandbox.check() is None
+        verifier = CodeVerifier()
+        programs = PROGRAMS[language]
+        sums = [{"stdin": "sum 1 2\n", "expected_stdout": "3\n"}]
+        cases: dict[str, tuple[str, dict[str, object], Status]] = {
+            "correct": (programs["main"], {"tests": sums}, Status.PASSED),
+            "wrong": (programs["wrong"], {"tests": sums}, Status.FAILED),
+            "compile_error": (programs["broken"], {"tests": sums}, Status.COMPILE_ERROR),
+            "crash": (
+                programs["main"],
+                {"tests": [{"stdin": "crash\n", "expected_stdout": ""}]},
+                Status.RUNTIME_ERROR,
+            ),
+            "loop": (
+                programs["main"],
+                {"tests": [{"stdin": "loop\n", "expected_stdout": ""}], "time_limit_s": 2},
+                Status.TIMEOUT,
+            ),
+            "hog": (
+                programs["main"],
+                {"tests": [{"stdin": "hog\n", "expected_stdout": ""}], "memory_mb": 200},
+                Status.MEMORY_LIMIT,
+            ),
+            "asserts": (programs["add_ok"], {"test_code": programs["test_code"]}, Status.PASSED),
+        }
+        for name, (payload, spec, expected) in cases.items():
+            parsed = CodeSpec.model_validate({"language": language, "time_limit_s": 10, **spec})
+            assert verifier.check(parsed, sandbox) is None
+            verdict = await verifier.verify(payload, parsed, sandbox)
+            assert verdict.status is expected, (name, verdict.feedback)
+    finally:
+        await sandbox.close()
