@@ -100,6 +100,10 @@ class Engine:
         self.max_item_s = max_item_s
         self.observer = observer or Observer()
         self.in_flight = 0
+        # Set by `abort`: the items still waiting then get an `internal_error` result saying
+        # this (retryable), so that every stream ends with a line per item.
+        self._abort_reason: str | None = None
+        self._waiting: set[asyncio.Task[None]] = set()
 
     # -- one item -----------------------------------------------------------------------------
 
@@ -234,6 +238,12 @@ class Engine:
                         verdict, cached = hit, True
                     else:
                         verdict, cached = await self._shared(prepared)
+            except asyncio.CancelledError:
+                if self._abort_reason is None:
+                    raise  # the client went away: no result is wanted
+                verdict = Verdict.unjudged(
+                    Status.INTERNAL_ERROR, self._abort_reason, retryable=True
+                )
             except Exception as exc:  # a bug in preparing; still only this item's problem
                 log.exception("internal error while preparing an item")
                 verdict = Verdict.unjudged(
@@ -267,6 +277,12 @@ class Engine:
             await queue.put((index, result))
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        self._waiting.update(tasks)
+        for task in tasks:
+            task.add_done_callback(self._waiting.discard)
+        if self._abort_reason is not None:
+            for task in tasks:
+                task.cancel()
         try:
             for _ in tasks:
                 yield await queue.get()
@@ -304,6 +320,15 @@ class Engine:
                 )
             )
         return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())
+
+    def abort(self, reason: str) -> None:
+        """Stops judging: every item still waiting (and any sent later) gets an
+        `internal_error` result with `reason` and `details.retryable: true` at once, so that
+        each batch's answer or stream ends cleanly. The service's drain calls it when its
+        deadline passes."""
+        self._abort_reason = reason
+        for task in list(self._waiting):
+            task.cancel()
 
     async def close(self) -> None:
         for verifier in self.verifiers.values():
