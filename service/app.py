@@ -10,7 +10,6 @@ import logging
 import math
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -316,13 +315,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def drain(exit_now: Callable[[], None]) -> None:
         """Lets the batches in flight finish for up to `drain_s`, then ends the rest with a
         retryable `internal_error` each, waits for their answers to go out, and exits."""
-        deadline = time.monotonic() + settings.drain_s
         log.warning(
             "SIGTERM: draining batches of %d items (up to %g s)", engine.in_flight, settings.drain_s
         )
-        while engine.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if engine.in_flight:
+        if not await engine.wait_idle(settings.drain_s):
             log.warning(
                 "drain deadline passed: batches of %d items still open; their unjudged items end",
                 engine.in_flight,
@@ -331,9 +327,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 f"the server shut down before judging this item (drain of {settings.drain_s:g} s "
                 "passed); send it again"
             )
-            flushed = time.monotonic() + 5
-            while engine.in_flight and time.monotonic() < flushed:
-                await asyncio.sleep(0.05)
+            await engine.wait_idle(5.0)  # the answers and streams' last lines go out
         exit_now()
 
     def take_sigterm() -> None:
