@@ -18,7 +18,7 @@ first one taken after the warm-up (`--warmup-s`, when the warm pools have starte
 
 Reported (JSON on stdout): items sent, items/s, p50/p99/max latency in ms, errors (with the
 first few), and for each resource its value after warm-up, at the end, the growth and the max.
-No figure here is a pass mark: `tests/reliability/test_soak.py` runs it for 40 s and checks
+No figure here is a pass mark: `tests/reliability/test_soak.py` runs it for 30 s and checks
 only that there are no errors and that nothing grew past a bound.
 """
 

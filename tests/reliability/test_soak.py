@@ -1,4 +1,4 @@
-"""The soak's short form: `bench/soak.py` for 40 s of mixed load on a real server. It checks
+"""The soak's short form: `bench/soak.py` for 30 s of mixed load on a real server. It checks
 only that no item failed and that the service's resources did not grow past a bound after the
 warm-up (no timing assertions: the figures go in the README from the full 10-minute run)."""
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_short_soak_has_no_errors_and_bounded_growth(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    argv = [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "40", "--rate", "2"]
+    argv = [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "30", "--rate", "2"]
     done = subprocess.run(
         [*argv, "--warmup-s", "10", "--json", str(out)], capture_output=True, timeout=600
     )
