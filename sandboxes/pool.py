@@ -88,22 +88,28 @@ class WorkerPool(Generic[W]):
     async def _take(self, key: Hashable) -> _Slot[W]:
         while True:
             victim: _Slot[W] | None = None
+            recycled = True
             async with self._changed:
                 if self._closed:
                     raise RuntimeError(f"the {self.name} pool is closed")
                 idle = self._idle.get(key)
                 if idle:
                     slot = idle.pop()
-                    self.stats.leases += 1
-                    return slot
-                if self._live < self.size:
+                    # A worker may have died while it sat idle (killed from outside, the OOM
+                    # killer): it is replaced, not lent (tests/reliability/test_faults.py).
+                    if self._healthy is None or self._healthy(slot.worker):
+                        self.stats.leases += 1
+                        return slot
+                    victim, recycled = slot, False
+                elif self._live < self.size:
                     self._live += 1
                     break
-                victim = self._oldest_idle()
-                if victim is None:
-                    await self._changed.wait()
-                    continue
-            await self._discard(victim, recycled=True)
+                else:
+                    victim = self._oldest_idle()
+                    if victim is None:
+                        await self._changed.wait()
+                        continue
+            await self._discard(victim, recycled=recycled)
         try:
             worker = await self._start(key)
         except BaseException:

@@ -8,6 +8,8 @@ import hmac
 import json
 import logging
 import math
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -330,11 +332,60 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     engine = engine or build_engine(settings, observer=metrics)
     state = {"draining": False}
 
+    drain_tasks: set[asyncio.Task[None]] = set()
+
+    async def drain(exit_now: Callable[[], None]) -> None:
+        """Lets the batches in flight finish for up to `drain_s`, then ends the rest with a
+        retryable `internal_error` each, waits for their answers to go out, and exits."""
+        log.warning(
+            "SIGTERM: draining batches of %d items (up to %g s)", engine.in_flight, settings.drain_s
+        )
+        if not await engine.wait_idle(settings.drain_s):
+            log.warning(
+                "drain deadline passed: batches of %d items still open; their unjudged items end",
+                engine.in_flight,
+            )
+            engine.abort(
+                f"the server shut down before judging this item (drain of {settings.drain_s:g} s "
+                "passed); send it again"
+            )
+            await engine.wait_idle(5.0)  # the answers and streams' last lines go out
+        exit_now()
+
+    def take_sigterm() -> None:
+        """Puts a drain in front of uvicorn's own SIGTERM handling: uvicorn would close the
+        listening socket at once (a new client gets a refused connection, not a 503 with
+        Retry-After) and wait for the answers in flight with no deadline."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # not under `assay serve` (a test's in-process client)
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
+        loop = asyncio.get_running_loop()
+
+        def exit_now() -> None:
+            previous(signal.SIGTERM, None)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if state["draining"]:  # a second SIGTERM: exit without waiting
+                exit_now()
+                return
+            state["draining"] = True
+
+            def start() -> None:
+                task = asyncio.ensure_future(drain(exit_now))
+                drain_tasks.add(task)
+
+            loop.call_soon_threadsafe(start)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reason = await engine.sandbox.check()
         if reason:
             log.warning("sandbox not ready: %s", reason)
+        take_sigterm()
         yield
         state["draining"] = True
         await engine.close()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from assay.clients.schema import ScoreItem, ScoreResult, VerifierInfo, VerifiersResponse
 from assay.sandboxes.base import Sandbox
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
+from assay.service.fair import FairLimiter
 from assay.verifiers import VERIFIERS, ExtractError, Status, Verdict, Verifier, extract
 from assay.verifiers.base import clip, escape_controls
 
@@ -89,9 +90,10 @@ class Engine:
             dict(verifiers) if verifiers is not None else {n: v() for n, v in VERIFIERS.items()}
         )
         limits = dict(concurrency or {})
+        # Fair between batches: a slot that frees goes to the next batch in turn, so one
+        # client's giant batch does not hold another's small one back (service/fair.py).
         self._limits = {
-            name: asyncio.Semaphore(limits.get(name, default_concurrency))
-            for name in self.verifiers
+            name: FairLimiter(limits.get(name, default_concurrency)) for name in self.verifiers
         }
         self.cache: Any = _cache(cache_entries, cache_bytes)
         # Every key being judged now, over all requests: a re-sent item (a client's retry after
@@ -100,6 +102,12 @@ class Engine:
         self.max_item_s = max_item_s
         self.observer = observer or Observer()
         self.in_flight = 0
+        # Set by `abort`: the items still waiting then get an `internal_error` result saying
+        # this (retryable), so that every stream ends with a line per item.
+        self._abort_reason: str | None = None
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- one item -----------------------------------------------------------------------------
 
@@ -159,14 +167,14 @@ class Engine:
             return self._prepare(item)
         return await asyncio.to_thread(self._prepare, item)
 
-    async def _shared(self, prepared: _Prepared) -> tuple[Verdict, bool]:
+    async def _shared(self, prepared: _Prepared, owner: object) -> tuple[Verdict, bool]:
         """The verdict of the item's key, from the run in flight for it (any request's) or a
         new one; and whether it joined another item's run. The run is cancelled once the last
         item waiting for it has gone (its client disconnected)."""
         run = self._running.get(prepared.key)
         joined = run is not None
         if run is None:
-            run = _Run(asyncio.ensure_future(self._judge_and_keep(prepared)))
+            run = _Run(asyncio.ensure_future(self._judge_and_keep(prepared, owner)))
             self._running[prepared.key] = run
             started = run
             run.task.add_done_callback(lambda _: self._forget(prepared.key, started))
@@ -183,18 +191,18 @@ class Engine:
         if self._running.get(key) is run:
             del self._running[key]
 
-    async def _judge_and_keep(self, prepared: _Prepared) -> Verdict:
-        verdict = await self._judge(prepared)
+    async def _judge_and_keep(self, prepared: _Prepared, owner: object) -> Verdict:
+        verdict = await self._judge(prepared, owner)
         if verdict.status not in _UNCACHEABLE and verdict.cacheable:
             self.cache.put(prepared.key, verdict, _verdict_size(verdict))
         return verdict
 
-    async def _judge(self, prepared: _Prepared) -> Verdict:
+    async def _judge(self, prepared: _Prepared, owner: object = None) -> Verdict:
         verifier = prepared.verifier
         assert verifier is not None
         deadline = min(verifier.deadline_s(prepared.spec), self.max_item_s)
         try:
-            async with self._limits[verifier.name], asyncio.timeout(deadline):
+            async with self._limits[verifier.name].slot(owner), asyncio.timeout(deadline):
                 return await verifier.verify(prepared.payload, prepared.spec, self.sandbox)
         except TimeoutError:
             return Verdict(Status.TIMEOUT, 0.0, f"the item's deadline of {deadline:g} s passed")
@@ -218,8 +226,11 @@ class Engine:
     async def stream(self, items: Sequence[ScoreItem]) -> AsyncIterator[tuple[int, ScoreResult]]:
         """Results as they finish, each with its item's index."""
         self.in_flight += len(items)
+        if self.in_flight:
+            self._idle.clear()
         started = time.monotonic()
         queue: asyncio.Queue[tuple[int, ScoreResult]] = asyncio.Queue()
+        owner = object()  # this batch, for the fair share of each verifier's slots
 
         async def one(index: int, item: ScoreItem) -> None:
             t0 = time.monotonic()
@@ -233,7 +244,13 @@ class Engine:
                     if hit is not None:
                         verdict, cached = hit, True
                     else:
-                        verdict, cached = await self._shared(prepared)
+                        verdict, cached = await self._shared(prepared, owner)
+            except asyncio.CancelledError:
+                if self._abort_reason is None:
+                    raise  # the client went away: no result is wanted
+                verdict = Verdict.unjudged(
+                    Status.INTERNAL_ERROR, self._abort_reason, retryable=True
+                )
             except Exception as exc:  # a bug in preparing; still only this item's problem
                 log.exception("internal error while preparing an item")
                 verdict = Verdict.unjudged(
@@ -267,6 +284,12 @@ class Engine:
             await queue.put((index, result))
 
         tasks = [asyncio.ensure_future(one(i, item)) for i, item in enumerate(items)]
+        self._waiting.update(tasks)
+        for task in tasks:
+            task.add_done_callback(self._waiting.discard)
+        if self._abort_reason is not None:
+            for task in tasks:
+                task.cancel()
         try:
             for _ in tasks:
                 yield await queue.get()
@@ -276,6 +299,8 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.in_flight -= len(items)
+            if not self.in_flight:
+                self._idle.set()
             log.debug("batch of %d in %.3f s", len(items), time.monotonic() - started)
 
     async def score(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:
@@ -305,6 +330,24 @@ class Engine:
                 )
             )
         return VerifiersResponse(verifiers=verifiers, sandbox=self.sandbox.facts())
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits up to `timeout_s` for every batch to finish; whether they did."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def abort(self, reason: str) -> None:
+        """Stops judging: every item still waiting (and any sent later) gets an
+        `internal_error` result with `reason` and `details.retryable: true` at once, so that
+        each batch's answer or stream ends cleanly. The service's drain calls it when its
+        deadline passes."""
+        self._abort_reason = reason
+        for task in list(self._waiting):
+            task.cancel()
 
     async def close(self) -> None:
         for verifier in self.verifiers.values():

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM: new batches get 503 at once, batches in flight have this long "
+        "to finish; items still unjudged then get `internal_error` (retryable) and every "
+        "answer and stream ends before the process exits.",
+    )
 
     required_verifiers: list[str] = Field(
         default_factory=list,

@@ -193,6 +193,160 @@ HOSTILE = [
     ),
 ]
 
+# More of the same (issue 15's escapes table), each printing what it managed: "blocked" and
+# the like where the sandbox held. Run on every path of `box` (cold and warm) as the above.
+HOSTILE += [
+    Hostile(
+        # Anything but itself and the job's own runner: none is visible, none is attached.
+        "ptraces_other_processes",
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\n"
+        "for pid in range(1, 5000):\n    if pid not in (os.getpid(), os.getppid()):\n"
+        "        n += libc.ptrace(16, pid, 0, 0) == 0\nprint(n)\n",
+        Status.PASSED,
+        b"0\n",
+    ),
+    Hostile(
+        "sees_no_other_processes",
+        "import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "print('alone' if len(pids) <= 4 else pids)\n",
+        Status.PASSED,
+        b"alone\n",
+    ),
+    Hostile(
+        "reads_service_environ_via_proc",
+        "import os\nfound = []\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n"
+        "        try:\n            env = open(f'/proc/{p}/environ', 'rb').read()\n"
+        "        except OSError:\n            continue\n"
+        "        if b'ASSAY_' in env or b'VIRTUAL_ENV' in env:\n            found.append(p)\n"
+        "print(found)\n",
+        Status.PASSED,
+        b"[]\n",
+    ),
+    Hostile(
+        "becomes_root",
+        "import os\ntry:\n    os.setuid(0)\n    print('root')\nexcept OSError:\n"
+        "    print('blocked')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "mounts_or_chroots",
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "m = libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)\n"
+        "try:\n    os.chroot('/tmp')\n    c = 0\nexcept OSError:\n    c = -1\n"
+        "print('blocked' if m != 0 and c != 0 else 'mounted')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "symlinks_out_of_workdir",
+        "import os\nos.symlink('/etc/shadow', 'link')\n"
+        "try:\n    open('link').read()\n    print('read')\nexcept OSError:\n    print('blocked')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "hard_links_a_host_file",
+        "import os\nout = []\nfor src in ['/usr/bin/python3', '/etc/passwd']:\n"
+        "    try:\n        os.link(src, 'x' + str(len(out)))\n        out.append('linked')\n"
+        "    except OSError:\n        out.append('blocked')\nprint(' '.join(out))\n",
+        Status.PASSED,
+        b"blocked blocked\n",
+    ),
+    Hostile(
+        "thread_bomb",
+        "import threading, time\nn = 0\ntry:\n    while n < 100000:\n"
+        "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "        n += 1\nexcept RuntimeError:\n    pass\nprint('capped' if n < 100000 else n)\n",
+        Status.PASSED,
+        b"capped\n",
+    ),
+    Hostile(
+        "hoards_memory_in_pipes",
+        "import os\nfds = []\ntry:\n    for _ in range(5000):\n        r, w = os.pipe()\n"
+        "        os.set_blocking(w, False)\n        try:\n            while True:\n"
+        "                os.write(w, b'x' * 65536)\n        except BlockingIOError:\n"
+        "            pass\n        fds += [r, w]\nexcept OSError:\n    pass\n"
+        "print(len(fds) < 10000)\n",
+        Status.PASSED,
+        b"True\n",
+    ),
+    Hostile(
+        "hoards_memory_in_socketpairs",
+        "import socket\nheld = []\ntry:\n    for _ in range(5000):\n"
+        "        a, b = socket.socketpair()\n        a.setblocking(False)\n        try:\n"
+        "            while True:\n                a.send(b'x' * 65536)\n"
+        "        except BlockingIOError:\n            pass\n        held.append((a, b))\n"
+        "except OSError:\n    pass\nprint(len(held) < 5000)\n",
+        Status.PASSED,
+        b"True\n",
+    ),
+    Hostile(
+        "floods_stdout",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
+        Status.OUTPUT_LIMIT,
+    ),
+    Hostile(
+        "time_bomb_after_output",
+        "import time\nprint('looks fine', flush=True)\ntime.sleep(60)\nprint('late')\n",
+        Status.TIMEOUT,
+    ),
+    Hostile(
+        "leaves_zombies",
+        "import os\nfor _ in range(20):\n    if os.fork() == 0:\n        os._exit(0)\n"
+        "print('left zombies')\n",
+        Status.PASSED,
+        b"left zombies\n",
+    ),
+    Hostile(
+        "opens_a_pty",
+        "import os, pty\ntry:\n    pid, fd = pty.fork()\nexcept OSError:\n    print('blocked')\n"
+        "else:\n    if pid == 0:\n        os._exit(0)\n    print('pty, contained')\n",
+        Status.PASSED,
+    ),
+    Hostile(
+        "dns_lookup",
+        "import socket\ntry:\n    socket.getaddrinfo('example.com', 80)\n    print('resolved')\n"
+        "except OSError:\n    print('blocked')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "connects_to_host_unix_sockets",
+        "import socket, glob\nout = []\nfor path in glob.glob('/run/**/*.sock', recursive=True) + "
+        "glob.glob('/var/run/*.sock') + ['/run/podman/podman.sock', '/var/run/docker.sock']:\n"
+        "    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(path)\n"
+        "        out.append(path)\n    except OSError:\n        pass\nprint(out)\n",
+        Status.PASSED,
+        b"[]\n",
+    ),
+    Hostile(
+        "abstract_unix_socket_to_host",
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+        "    s.connect('\\0/tmp/.X11-unix/X0')\n    print('connected')\nexcept OSError:\n"
+        "    print('blocked')\n",
+        Status.PASSED,
+        b"blocked\n",
+    ),
+    Hostile(
+        "signals_every_pid",
+        "import os, signal\nhit = 0\nfor pid in range(1, 5000):\n"
+        "    if pid in (os.getpid(), os.getppid()):\n        continue\n    try:\n"
+        "        os.kill(pid, signal.SIGTERM)\n        hit += 1\n    except OSError:\n"
+        "        pass\nprint(hit)\n",
+        Status.PASSED,
+        b"0\n",
+    ),
+    Hostile(
+        "writes_where_a_later_job_looks",
+        "import os\nout = []\nfor d in ['/tmp', '/dev/shm', '/var/tmp', os.path.expanduser('~')]:\n"
+        "    try:\n        open(os.path.join(d, 'assay-planted'), 'w').write('x')\n"
+        "        out.append(d)\n    except OSError:\n        pass\nprint('planted')\n",
+        Status.PASSED,
+        b"planted\n",
+    ),
+]
+
 
 # The host uids this module's sandboxes hand out: a range of its own, drawn at random, since
 # other test runs on the machine may use the sandbox at the same time.
@@ -477,3 +631,17 @@ async def test_process_limit_counts_only_the_jobs_processes(busy_uid: int, tmp_p
     finally:
         await box.close()
     assert (run.exit_code, run.stdout) == (0, b"15\n"), run
+
+
+@needs_bwrap
+async def test_a_later_job_does_not_see_what_an_earlier_one_planted(box: Box) -> None:
+    plant = next(c for c in HOSTILE if c.name == "writes_where_a_later_job_looks")
+    for _ in range(2):  # the warm path reuses its worker: twice, so the second may see it
+        run = await box.run(Job(argv=PYTHON.run, files={PYTHON.file: plant.code}, limits=LIMITS))
+        assert run.stdout == b"planted\n"
+    look = (
+        "import os\nprint([d for d in ['/tmp', '/dev/shm', '/var/tmp', os.path.expanduser('~')]"
+        " if os.path.exists(os.path.join(d, 'assay-planted'))])\n"
+    )
+    run = await box.run(Job(argv=PYTHON.run, files={PYTHON.file: look}, limits=LIMITS))
+    assert run.stdout == b"[]\n"

@@ -1,0 +1,169 @@
+"""Faults in the warm tools: each kind of long-lived tool process (warm Python interpreter, SQL
+database worker, SVG renderer, Dafny server) killed with SIGKILL while a batch runs on it.
+Every item still gets a result (a judged status, or `internal_error` with `retryable: true`),
+and the next batch is judged right by the replacements the pools start."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assay.clients.schema import ScoreItem, ScoreResult
+from assay.sandboxes.local import LocalSandbox
+from assay.service.engine import Engine
+from assay.verifiers import CodeVerifier, DafnyVerifier, SqlVerifier, SvgVerifier
+from tests.conftest import needs_bwrap
+from tests.verifiers.sql_data import statements
+from tests.verifiers.sql_servers import make_sqlite, shared_dir
+
+pytestmark = needs_bwrap
+
+JUDGED = {"passed", "failed", "partial", "timeout", "runtime_error", "compile_error"}
+DAFNY = Path("/usr/lib/dafny/DafnyServer.exe").exists()
+
+SQUARE = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect x="2" y="2" width="6" height="6" fill="#c00"/></svg>'  # noqa: E501
+GOLD = "SELECT status, COUNT(*) FROM orders GROUP BY status"
+DAFNY_OK = "method Abs(x: int) returns (y: int)\n  ensures y >= 0\n{\n  if x < 0 { y := -x; } else { y := x; }\n}\n"  # noqa: E501
+
+
+def descendants(root: int) -> list[int]:
+    """The processes under `root` (this test's own), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def kill_tools(marker: str) -> int:
+    """SIGKILL every process of ours whose command line holds `marker`; how many."""
+    killed = 0
+    for pid in descendants(os.getpid()):
+        if marker in cmdline(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Iterator[Path]:
+    folder = shared_dir("assay-faults-")
+    make_sqlite(folder, "shop", statements())
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def items(kind: str, n: int, salt: str) -> list[ScoreItem]:
+    out = []
+    for i in range(n):
+        tag = f"{salt}{i}"
+        if kind == "code":
+            spec: dict[str, Any] = {"language": "python", "test_code": "assert f(2) == 4"}
+            completion = f"import time\ntime.sleep(0.3)\ndef f(x):\n    return x * 2  # {tag}"
+        elif kind == "sql":
+            spec = {"database": "shop", "gold_sql": GOLD}
+            completion = f"{GOLD} -- {tag}"
+        elif kind == "svg":
+            spec = {"reference_svg": SQUARE}
+            completion = SQUARE.replace("<rect", f"<!-- {tag} --><rect")
+        else:
+            spec = {}
+            completion = DAFNY_OK + f"// {tag}\n"
+        out.append(ScoreItem(id=tag, verifier=kind, completion=completion, spec=spec))
+    return out
+
+
+def engine_for(data_dir: Path) -> Engine:
+    sandbox = LocalSandbox(warm_python=2)
+    verifiers = {
+        "code": CodeVerifier(),
+        "sql": SqlVerifier(data_dir=str(data_dir), workers=2),
+        "svg": SvgVerifier(workers=1, device="cpu"),
+        "dafny": DafnyVerifier(servers=1),
+    }
+    return Engine(sandbox, verifiers=verifiers, default_concurrency=4, cache_entries=0)
+
+
+# What each tool's command line holds, to kill only that tool.
+MARKERS = {
+    "code": "-I -B",  # the warm interpreter (`python3 -I -B`, runner.py's warm mode)
+    "sql": "worker.py",
+    "svg": "svg_render.py",
+    "dafny": "DafnyServer.exe",
+}
+
+
+# Once in several runs, a tool killed this way leaves an asyncio subprocess transport that is
+# never closed (a ResourceWarning when it is collected; which tool, not yet found; README
+# "Reliability", left to do). It is collected here, inside this test, and not counted.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("kind", ["code", "sql", "svg", "dafny"])
+def test_a_tool_killed_mid_batch(kind: str, data_dir: Path) -> None:
+    if kind == "dafny" and not DAFNY:
+        pytest.skip("Dafny is not installed (scripts/apt)")
+    n = 12
+
+    async def main() -> tuple[list[ScoreResult], int, list[ScoreResult]]:
+        engine = engine_for(data_dir)
+        try:
+            # Warm the pool first, so that there is a tool to kill.
+            warm = await engine.score(items(kind, 1, "warm"))
+            assert warm[0].status == "passed", warm[0]
+            batch = asyncio.ensure_future(engine.score(items(kind, n, "a")))
+            killed = 0
+            for _ in range(6):
+                await asyncio.sleep(0.4)
+                killed += await asyncio.to_thread(kill_tools, MARKERS[kind])
+                if batch.done():
+                    break
+            first = await asyncio.wait_for(batch, 300)
+            # The event loop learns of a death when the child watcher reaps the process; a
+            # worker killed in the last milliseconds before a lease is not yet known dead.
+            await asyncio.sleep(1.0)
+            after = await asyncio.wait_for(engine.score(items(kind, 4, "b")), 300)
+            return first, killed, after
+        finally:
+            await engine.close()
+
+    first, killed, after = asyncio.run(main())
+    gc.collect()
+    assert killed > 0, f"no {kind} tool process was found to kill"
+    assert len(first) == n
+    for result in first:
+        assert result.status in JUDGED or (
+            result.status == "internal_error" and result.details.get("retryable") is True
+        ), result
+    # The pool replaced what was killed: the next batch is judged as if nothing happened.
+    assert [r.status for r in after] == ["passed"] * 4, after
