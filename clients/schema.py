@@ -127,6 +127,9 @@ class IOTest(SpecModel):
     expected_stdout: str
 
 
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class CodeSpec(SpecModel):
     language: str
     tests: Annotated[list[IOTest], Field(min_length=1)] | None = None
@@ -137,11 +140,18 @@ class CodeSpec(SpecModel):
     memory_mb: int = Field(default=512, ge=16, le=65536)
     partial_credit: bool = False
     stop_on_fail: bool | None = None
+    entry_point: (
+        Annotated[str, Field(pattern=_IDENTIFIER)]
+        | Annotated[list[Annotated[str, Field(pattern=_IDENTIFIER)]], Field(min_length=1)]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_kind_of_test(self) -> CodeSpec:
         if (self.tests is None) == (self.test_code is None):
             raise ValueError("give exactly one of `tests` and `test_code`")
+        if self.entry_point is not None and self.test_code is None:
+            raise ValueError("`entry_point` goes with `test_code`")
         return self
 
     @property

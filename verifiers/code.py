@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from assay.clients.schema import CodeSpec, IOTest
 from assay.sandboxes.base import Job, Limits, MultiJob, Run, RunResult, Sandbox, StepResult
 from assay.sandboxes.languages import Language, languages
+from assay.verifiers import isolated
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
 from assay.verifiers.compare import outputs_match
 
@@ -196,6 +197,8 @@ class CodeVerifier:
         missing = [tool for tool in language.tools if not sandbox.has_tool(tool)]
         if missing:
             return f"{spec.language}: toolchain missing in the sandbox: {', '.join(missing)}"
+        if spec.entry_point is not None and (reason := isolated.unavailable(spec)):
+            return reason
         return sandbox.unavailable_reason()
 
     def facts(self, sandbox: Sandbox) -> dict[str, Any]:
@@ -220,6 +223,8 @@ class CodeVerifier:
     async def verify(self, payload: str, spec: CodeSpec, sandbox: Sandbox) -> Verdict:
         language = self.languages[spec.language]
         limits = self._limits(spec)
+        if spec.test_code is not None and spec.entry_point is not None:
+            return await isolated.verify(payload, spec, language, limits, sandbox)
         if spec.test_code is not None:
             return await self._run_test_code(payload, spec, language, limits, sandbox)
         return await self._run_io_tests(payload, spec, language, limits, sandbox)
@@ -245,7 +250,7 @@ class CodeVerifier:
         else:
             status, why = _judge_test_code(*check)
         detail: dict[str, Any] = {"passed": status is Status.PASSED, **_times(run)}
-        details: dict[str, Any] = {"tests": [detail]}
+        details: dict[str, Any] = {"mode": "in_process", "tests": [detail]}
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)
         detail["status"] = status.value
