@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from assay.clients.schema import CodeSpec, IOTest
-from assay.sandboxes.base import Job, Limits, MultiJob, Run, RunResult, Sandbox, StepResult
+from assay.sandboxes.base import Limits, MultiJob, Run, RunResult, Sandbox, StepResult
 from assay.sandboxes.languages import Language, languages
 from assay.verifiers import isolated
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
@@ -240,10 +240,14 @@ class CodeVerifier:
         end = language.test_code_end.format(token=token)
         program = payload.rstrip("\n") + language.test_code_join + spec.test_code + end
         if language.test_code_run:  # no file for the program to read its tests or token from
-            job = Job(argv=language.test_code_run, stdin=program.encode(), limits=limits)
+            run_one = Run(stdin=program.encode(), limits=limits)
+            job = MultiJob(argv=language.test_code_run, runs=(run_one,))
         else:
-            job = Job(argv=language.run, files={language.file: program}, limits=limits)
-        run = await sandbox.run(job)
+            run_one = Run(limits=limits)
+            job = MultiJob(argv=language.run, files={language.file: program}, runs=(run_one,))
+        # Through the runner (`run_many`), which reports the wait status itself: a plain run's
+        # bwrap reports a signal N as exit status 128+N, so `sys.exit(152)` read as SIGXCPU.
+        run = await isolated.only_run(sandbox, job)
         check = (run, language, limits, program, token if end else None)
         if len(run.stdout) + len(run.stderr) > _INLINE:
             status, why = await asyncio.to_thread(_judge_test_code, *check)

@@ -30,6 +30,7 @@ from typing import Any
 
 from assay.clients.schema import CodeSpec
 from assay.sandboxes import seccomp
+from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.base import Limits, MultiJob, Run, RunResult, Sandbox
 from assay.sandboxes.languages import Language
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
@@ -89,6 +90,15 @@ def judge(run: RunResult, nonce: str, language: Language, limits: Limits) -> tup
     return status, why
 
 
+async def only_run(sandbox: Sandbox, job: MultiJob) -> RunResult:
+    """The result of a one-run job, through `run_many` (the runner reports the program's wait
+    status as such; a plain run's bwrap folds a signal N into exit status 128+N)."""
+    async with contextlib.aclosing(sandbox.run_many(job)) as steps:
+        async for step in steps:
+            return step.result
+    raise SandboxError("the sandbox gave no result for the run")
+
+
 async def verify(
     payload: str, spec: CodeSpec, language: Language, limits: Limits, sandbox: Sandbox
 ) -> Verdict:
@@ -110,13 +120,12 @@ async def verify(
         files={HARNESS_FILE: harness_source()},
         runs=(Run(stdin=json.dumps(request).encode(), limits=limits),),
     )
-    run: RunResult | None = None
-    async with contextlib.aclosing(sandbox.run_many(job)) as steps:
-        async for step in steps:
-            run = step.result
-    assert run is not None
+    run = await only_run(sandbox, job)
     status, why = judge(run, nonce, language, limits)
-    detail: dict[str, Any] = {"passed": status is Status.PASSED, "time_ms": round(run.time_s * 1000, 1)}
+    detail: dict[str, Any] = {
+        "passed": status is Status.PASSED,
+        "time_ms": round(run.time_s * 1000, 1),
+    }
     details: dict[str, Any] = {"mode": "isolated", "tests": [detail]}
     if status is Status.PASSED:
         return Verdict(Status.PASSED, 1.0, "test code passed", details)
