@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import ctypes
 import json
 import os
@@ -263,10 +264,8 @@ class Harness:
 
     def start(self) -> tuple[str, str] | None:
         """Load the program; on failure its status and why."""
-        try:
+        with contextlib.suppress(OSError):
             send(self.calls, {"program": self.request["program"], "entry_points": self.names})
-        except OSError:
-            pass
         reply = receive(self.replies)
         if isinstance(reply, dict) and reply.get("ready") is True:
             return None
@@ -317,8 +316,8 @@ class Harness:
         if kind == "bad" and type(body) is str:
             self._not_plain(f"{name} returned {body[:200]}, not plain data")
         if kind == "raise" and type(body) is list and len(body) == 2:
-            name_, message = (str(x)[:_MESSAGE] for x in body)
-            raise _exception(name_, message)
+            type_name, text = (str(x)[:_MESSAGE] for x in body)
+            raise _exception(type_name, text)
         self._break(f"the program broke the protocol during a call to {name}")
 
     def _not_plain(self, why: str) -> NoReturn:
@@ -332,10 +331,8 @@ class Harness:
 
     def close(self) -> None:
         for fd in (self.calls, self.replies):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         try:
             self.child.kill()
             self.child.wait()
@@ -401,10 +398,8 @@ def run_tests(harness: Harness, test_code: str) -> tuple[str, str]:
 
 
 def harness_main(source_file: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except OSError:
-        pass
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     raw = b"".join(iter(lambda: os.read(0, 1 << 20), b""))
     request = json.loads(raw)

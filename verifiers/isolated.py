@@ -30,8 +30,8 @@ from typing import Any
 
 from assay.clients.schema import CodeSpec
 from assay.sandboxes import seccomp
-from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.base import Limits, MultiJob, Run, RunResult, Sandbox
+from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.languages import Language
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
 

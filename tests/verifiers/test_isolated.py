@@ -3,6 +3,7 @@ in the real bwrap sandbox. The cheat table (tests/verifiers/cheats.py) runs in b
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from assay.clients.schema import CodeSpec
 from assay.sandboxes import LocalSandbox
+from assay.sandboxes.languages import languages
 from assay.verifiers import CodeVerifier, Status
 from tests.conftest import needs_bwrap
 from tests.verifiers.cheats import CHEATS, TESTS
@@ -193,7 +195,7 @@ def test_spec_validation() -> None:
         )
     with pytest.raises(ValueError, match="pattern"):
         CodeSpec.model_validate({"language": "python", "test_code": "x", "entry_point": "a b"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         CodeSpec.model_validate({"language": "python", "test_code": "x", "entry_point": []})
     spec = CodeSpec.model_validate(
         {"language": "python", "test_code": "x", "entry_point": ["f", "g"]}
@@ -202,12 +204,46 @@ def test_spec_validation() -> None:
 
 
 def test_other_languages_are_unavailable(tmp_path: Path) -> None:
-    verifier = CodeVerifier()
-    other = next(name for name in sorted(verifier.languages) if name != "python")
-    spec = CodeSpec.model_validate({"language": other, "test_code": "x", "entry_point": "f"})
+    python = languages()["python"]
+    verifier = CodeVerifier({"python": python, "other": replace(python, name="other")})
+    spec = CodeSpec.model_validate({"language": "other", "test_code": "x", "entry_point": "f"})
     reason = verifier.check(spec, LocalSandbox(lock_dir=tmp_path))
     assert reason is not None
     assert "python only" in reason
+
+
+PROBE = """
+import ctypes, os
+def probe():
+    parent, denied = os.getppid(), []
+    for path in ('/proc/%d/mem' % parent, '/proc/%d/fd/1' % parent, '/proc/%d/environ' % parent):
+        try:
+            open(path, 'rb').close()
+        except OSError:
+            denied.append(path)
+    try:
+        os.listdir('/proc/%d/fd' % parent)
+    except OSError:
+        denied.append('fd')
+    libc = ctypes.CDLL(None, use_errno=True)
+    attached = libc.ptrace(16, parent, 0, 0) == 0  # PTRACE_ATTACH
+    try:
+        os.fork()
+        forked = True
+    except OSError:
+        forked = False
+    return len(denied), attached, forked
+"""
+
+
+async def test_the_program_cannot_reach_the_harness(sandbox: LocalSandbox) -> None:
+    status, reward, feedback, _ = await judge(
+        sandbox,
+        PROBE,
+        test_code="assert probe() == (4, False, False), probe()\n",
+        entry_point="probe",
+    )
+    assert (status, reward) == (Status.PASSED, 1.0), feedback
 
 
 async def test_exit_status_152_is_not_a_signal(sandbox: LocalSandbox) -> None:
