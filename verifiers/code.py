@@ -14,6 +14,8 @@ Two kinds of test (API.md, code spec):
   process, as in every HumanEval-style harness: a program that attacks its interpreter (an
   `__eq__` that always holds, a tracer that jumps over the asserts, reading the token from its
   code objects or its memory) can fake a pass (tests/verifiers/test_code.py lists them).
+  With `entry_point`, the test code runs in a harness process apart from the program instead
+  (verifiers/isolated.py), which closes those holes; `details.mode` says which mode an item had.
   `tests` (I/O) runs have no such hole: the expected output never enters the sandbox.
 
 Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
