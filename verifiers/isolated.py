@@ -70,7 +70,7 @@ def read_verdict(stdout: bytes, nonce: str) -> tuple[Status, str] | None:
     if at < 0:
         return None
     line = stdout[at + len(marker) :].split(b"\n", 1)[0]
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, TypeError):
         status, why = json.loads(line)
         if status in _STATUSES and isinstance(why, str):
             return _STATUSES[status], why

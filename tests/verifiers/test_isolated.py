@@ -253,3 +253,22 @@ async def test_exit_status_152_is_not_a_signal(sandbox: LocalSandbox) -> None:
     )
     assert (status, reward) == (Status.RUNTIME_ERROR, 0.0)
     assert "exit status 152" in feedback
+
+
+async def test_cold_sandbox_runs_the_harness_too(tmp_path: Path) -> None:
+    """Without warm interpreters the harness starts as a plain `python3` of its own."""
+    cold = LocalSandbox(lock_dir=tmp_path, warm_python=0)
+    try:
+        status, reward, feedback, _ = await judge(cold, ADD, test_code=TESTS, entry_point="add")
+        assert (status, reward) == (Status.PASSED, 1.0), feedback
+        cheat = CHEATS["eq_always_true"]
+        status, reward, feedback, _ = await judge(
+            cold,
+            PROBE + cheat.program,
+            test_code=TESTS + "assert probe()[0] == 4\n",
+            entry_point=["add", "probe"],
+        )
+        assert (status, reward) == (Status.FAILED, 0.0), feedback
+        assert "not plain data" in feedback
+    finally:
+        await cold.close()
