@@ -14,7 +14,7 @@ time limit, memory, the harness killed) scores 0.
 
 Python only for now: the harness is Python and so is the program's side. Another language
 could follow with a small server of its own that reads the tagged JSON calls and answers
-(docs/isolated.md).
+(README, "Code rewards that cannot be faked").
 """
 
 from __future__ import annotations
