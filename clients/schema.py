@@ -231,6 +231,9 @@ class CheckerSpec(SpecModel):
         return files
 
 
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class CodeSpec(SpecModel):
     language: str
     tests: Annotated[list[IOTest], Field(min_length=1)] | None = None
@@ -242,6 +245,11 @@ class CodeSpec(SpecModel):
     partial_credit: bool = False
     stop_on_fail: bool | None = None
     checker: CheckerSpec | None = None
+    entry_point: (
+        Annotated[str, Field(pattern=_IDENTIFIER)]
+        | Annotated[list[Annotated[str, Field(pattern=_IDENTIFIER)]], Field(min_length=1)]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_kind_of_test(self) -> CodeSpec:
@@ -249,6 +257,8 @@ class CodeSpec(SpecModel):
             raise ValueError("give exactly one of `tests` and `test_code`")
         if self.checker is not None and self.tests is None:
             raise ValueError("a `checker` judges I/O `tests`; it does not go with `test_code`")
+        if self.entry_point is not None and self.test_code is None:
+            raise ValueError("`entry_point` goes with `test_code`")
         return self
 
     @property

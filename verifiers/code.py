@@ -21,6 +21,8 @@ Two kinds of test (API.md, code spec):
   process, as in every HumanEval-style harness: a program that attacks its interpreter (an
   `__eq__` that always holds, a tracer that jumps over the asserts, reading the token from its
   code objects or its memory) can fake a pass (tests/verifiers/test_code.py lists them).
+  With `entry_point`, the test code runs in a harness process apart from the program instead
+  (verifiers/isolated.py), which closes those holes; `details.mode` says which mode an item had.
   `tests` (I/O) runs have no such hole: the expected output never enters the sandbox.
 
 Reward: 1.0 when every test passes, else 0.0; with `partial_credit`, the fraction of tests that
@@ -45,6 +47,7 @@ from assay.sandboxes.base import Limits, MultiJob, Run, RunResult, Sandbox, Step
 from assay.sandboxes.bwrap import SANDBOX_PATH
 from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.languages import Language, languages, toolchain_versions
+from assay.verifiers import isolated
 from assay.verifiers.base import Status, Verdict, clip, escape_controls
 from assay.verifiers.builds import BuildSettings, build, run_job
 from assay.verifiers.checker import Case, CheckerError, decide
@@ -238,6 +241,8 @@ class CodeVerifier:
             reason = self._language_reason(language, sandbox)
             if reason is not None:
                 return what + reason
+        if spec.entry_point is not None and (reason := isolated.unavailable(spec)):
+            return reason
         return sandbox.unavailable_reason()
 
     @staticmethod
@@ -293,6 +298,8 @@ class CodeVerifier:
     async def verify(self, payload: str, spec: CodeSpec, sandbox: Sandbox) -> Verdict:
         language = self.languages[spec.language]
         limits = self._limits(spec, language)
+        if spec.test_code is not None and spec.entry_point is not None:
+            return await isolated.verify(payload, spec, language, limits, sandbox)
         if spec.test_code is not None:
             return await self._run_test_code(payload, spec, language, limits, sandbox)
         return await self._run_io_tests(payload, spec, language, limits, sandbox)
@@ -351,6 +358,7 @@ class CodeVerifier:
         ):
             status, why = Status.FAILED, "a test assertion failed\n" + _tail(run.stderr)
         detail: dict[str, Any] = {"passed": status is Status.PASSED, **_times(run)}
+        details["mode"] = "in_process"
         details["tests"] = [detail]
         if status is Status.PASSED:
             return Verdict(Status.PASSED, 1.0, "test code passed", details)

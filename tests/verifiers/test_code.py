@@ -380,7 +380,8 @@ async def test_test_code_cheats_do_not_pass(sandbox: LocalSandbox, cheat: str) -
     assert reward == 0.0, (status, feedback)
 
 
-# What the in-process harness cannot stop (the module docstring of verifiers/code.py says so).
+# What the in-process harness cannot stop (the module docstring of verifiers/code.py says so);
+# the isolated mode (`entry_point`) closes them (the test after this one).
 # Strict: the day one of these stops passing, this list must be brought up to date.
 IN_PROCESS_HOLES = {
     "eq_always_true": (
@@ -421,6 +422,19 @@ IN_PROCESS_HOLES = {
 async def test_in_process_holes_remain(sandbox: LocalSandbox, cheat: str) -> None:
     status, reward, feedback, _ = await judge(sandbox, cheat, test_code="assert add(2, 2) == 4\n")
     assert reward == 0.0, (status, feedback)
+
+
+@pytest.mark.parametrize("cheat", list(IN_PROCESS_HOLES.values()), ids=list(IN_PROCESS_HOLES))
+async def test_in_process_holes_are_closed_in_the_isolated_mode(
+    sandbox: LocalSandbox, cheat: str
+) -> None:
+    """The same four with `entry_point`: the test code runs in a harness process of its own
+    (tests/verifiers/test_isolated.py has the full table of cheats)."""
+    status, reward, feedback, details = await judge(
+        sandbox, cheat, test_code="assert add(2, 2) == 4\n", entry_point="add"
+    )
+    assert reward == 0.0, (status, feedback)
+    assert details["mode"] == "isolated"
 
 
 async def test_test_code_failures_show_the_failing_line(sandbox: LocalSandbox) -> None:
