@@ -356,8 +356,12 @@ main = do
   case w of
     ("sum" : a : b : _) -> print (read a + read b :: Integer)
     ("crash" : _) -> print (head ([] :: [Int]))
-    ("loop" : _) -> print (length [1 :: Integer ..])
+    ("loop" : _) -> print (spin 0)
     _ -> print (M.size (M.fromList [(i, i) | i <- [1 :: Int ..]]))
+
+-- A loop in constant space (`length [1 ..]` holds its list where the optimiser is off).
+spin :: Int -> Int
+spin n = n `seq` spin (n + 1)
 """,
         "wrong": "main :: IO ()\nmain = do\n  (_ : a : b : _) <- words <$> getContents\n"
         "  print (read a + read b + 1 :: Integer)\n",
