@@ -409,7 +409,10 @@ class DockerSandbox:
         if reason is not None:
             raise SandboxUnavailable(reason)
         if spec.ro_paths:
-            raise SandboxError("the docker backend binds no host paths: the image must hold them")
+            raise SandboxUnavailable(
+                "the docker backend binds no host paths into a tool "
+                f"({', '.join(spec.ro_paths)}): its image must hold what it reads"
+            )
         worker = await self._start(self._image_for(spec.argv))
         request = {
             "op": "exec",
