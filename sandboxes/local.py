@@ -33,7 +33,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
@@ -505,21 +504,9 @@ class LocalSandbox:
             if uid is not None:
                 assert self._setpriv is not None
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
-            try:
-                proc = await create_process(
-                    argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                    pass_fds=fds,
-                    preexec_fn=enter,
-                    cwd=cwd,
-                    env=env,
-                    limit=TOOL_LINE_LIMIT,
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
+            proc = await create_process(
+                argv, pass_fds=fds, preexec_fn=enter, cwd=cwd, env=env, limit=TOOL_LINE_LIMIT
+            )
             tool = LocalTool(proc, stack, cgroup, uid if cwd is not None else None)
             try:
                 if on_start is not None:

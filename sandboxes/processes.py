@@ -227,20 +227,7 @@ async def execute(
     makes the child run Python); `on_start` is awaited with the child's pid before stdin is fed."""
     limits = job.limits
     started = time.monotonic()
-    try:
-        proc = await create_process(
-            argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=pass_fds,
-            preexec_fn=enter,
-            cwd=cwd,
-            env=env,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
+    proc = await create_process(argv, pass_fds=pass_fds, preexec_fn=enter, cwd=cwd, env=env)
 
     exceeded = False
 
@@ -317,10 +304,16 @@ async def execute(
 
 
 async def create_process(argv: list[str], **options: Any) -> asyncio.subprocess.Process:
-    """`create_subprocess_exec`, safe to cancel: cancelled halfway, asyncio's own clean-up
+    """`argv` started with pipes on stdin, stdout and stderr, in a session of its own; a failure
+    to start is a `SandboxError`. Safe to cancel: cancelled halfway, asyncio's own clean-up
     waits for a process that a sandbox gate may hold forever; here the creation finishes, then
     the process group is killed and reaped."""
-    task = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, **options))
+    pipe = asyncio.subprocess.PIPE
+    task = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv, stdin=pipe, stdout=pipe, stderr=pipe, start_new_session=True, **options
+        )
+    )
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -334,6 +327,8 @@ async def create_process(argv: list[str], **options: Any) -> asyncio.subprocess.
 
         await asyncio.shield(asyncio.ensure_future(undo()))
         raise
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
 
 
 async def reap(proc: asyncio.subprocess.Process) -> None:
