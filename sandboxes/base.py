@@ -223,3 +223,32 @@ class Sandbox(Protocol):
     async def close(self) -> None:
         """Stop whatever the sandbox keeps running."""
         ...
+
+
+# Signals that reach a tool from outside its sandbox (an operator, a supervisor, the host's OOM
+# killer where no memory cgroup is made), never by crashing on its input: a tool that crashes
+# on an item dies of SIGSEGV, SIGABRT, SIGBUS and the like, or exits with a status of its own.
+_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+async def exit_status(tool: ToolProcess, wait_s: float = 2.0) -> int | None:
+    """The exit status of a tool that stopped answering, once the event loop has reaped it
+    (an end of file on its stdout comes a moment before); `None` if it still runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    # No event to wait on: the event loop's child watcher sets `returncode` when it reaps.
+    while tool.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return tool.returncode
+
+
+def killed_from_outside(returncode: int | None) -> bool:
+    """Whether a tool's exit status says it was killed from outside, not by what it was asked:
+    the sandbox's own process killed by a signal (negative; the item cannot reach it), or the
+    tool inside it by one of `_KILLS` (bwrap exits with 128 + the signal). A tool killed so
+    under an item has not judged it: the item is run again on a fresh tool, not charged."""
+    if returncode is None:
+        return False
+    if returncode < 0:
+        return True
+    return returncode > 128 and returncode - 128 in _KILLS

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import io
 import itertools
+import logging
 import re
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -62,6 +63,9 @@ from assay.verifiers.programs import (
 
 # libc's words for a write past RLIMIT_FSIZE or a full work dir, whatever the language.
 _FILE_LIMIT = re.compile(r"File too large|No space left on device|EFBIG|ENOSPC")
+
+log = logging.getLogger(__name__)
+
 _SHOWN = 300  # characters of expected/actual output shown in feedback
 _TAIL_LINES = 8  # lines of an error shown in feedback
 OUTPUT_BYTES = 1 << 20
@@ -296,6 +300,17 @@ class CodeVerifier:
         )
 
     async def verify(self, payload: str, spec: CodeSpec, sandbox: Sandbox) -> Verdict:
+        verdict = await self._verify_once(payload, spec, sandbox)
+        if verdict.cacheable or verdict.status is Status.PASSED:
+            return verdict
+        # A run was killed from outside its own limits (SIGKILL where no memory cgroup says
+        # why, an OOM kill before its cap: the host short of memory, an operator, a killed
+        # warm worker; tests/reliability/test_faults.py): run once more, and judge by that.
+        # A program that kills itself so is judged the same the second time.
+        log.info("code: a run was killed from outside its limits; running the item again")
+        return await self._verify_once(payload, spec, sandbox)
+
+    async def _verify_once(self, payload: str, spec: CodeSpec, sandbox: Sandbox) -> Verdict:
         language = self.languages[spec.language]
         limits = self._limits(spec, language)
         if spec.test_code is not None and spec.entry_point is not None:

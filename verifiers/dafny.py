@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import math
 import os
 import re
@@ -46,10 +47,21 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from assay.clients.schema import DafnySpec
-from assay.sandboxes.base import Job, Limits, Sandbox, ToolProcess, ToolSpec
+from assay.sandboxes.base import (
+    Job,
+    Limits,
+    Sandbox,
+    ToolProcess,
+    ToolSpec,
+    exit_status,
+    killed_from_outside,
+)
+from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.pool import WorkerPool
 from assay.verifiers import dafny_syntax as syntax
 from assay.verifiers.base import Status, Verdict, clip
+
+log = logging.getLogger(__name__)
 
 FILE = "program.dfy"
 SERVER_EOM = b"[[DAFNY-SERVER: EOM]]\n"
@@ -476,24 +488,41 @@ class DafnyVerifier:
         self, source: str, spec: DafnySpec, sandbox: Sandbox, guarded: bool
     ) -> Outcome:
         pool = self._pool_for(sandbox)
-        server: _Server | None = None
-        try:
-            async with pool.lease() as server:
-                reply = await server.verify(source, self._args(spec, guarded), spec.timeout_s)
-        except TimeoutError:  # the lease ended in an exception: the pool closed that server
-            return Outcome(Status.TIMEOUT)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
-            assert server is not None
-            if server.tool.oom_killed():
-                return Outcome(Status.MEMORY_LIMIT)
-            # Dafny 2.3 dies on some programs (a stack overflow on deep nesting): the
-            # program's to answer for, as the CLI's exit status 1 would be.
-            tail = server.tool.stderr_tail().decode(errors="replace").strip().splitlines()[-2:]
-            crash = f"the Dafny server died on this program ({type(exc).__name__})"
-            return Outcome(
-                Status.COMPILE_ERROR,
-                errors=[{"line": 0, "col": 0, "message": " ".join([crash, *tail])[:500]}],
-            )
+        for attempt in (1, 2):
+            server: _Server | None = None
+            try:
+                async with pool.lease() as server:
+                    reply = await server.verify(source, self._args(spec, guarded), spec.timeout_s)
+                break
+            except TimeoutError:  # the lease ended in an exception: the pool closed that server
+                return Outcome(Status.TIMEOUT)
+            except (
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ConnectionError,
+            ) as exc:
+                assert server is not None
+                code = await exit_status(server.tool)
+                if server.tool.oom_killed():
+                    return Outcome(Status.MEMORY_LIMIT)
+                if killed_from_outside(code):
+                    # Killed from outside, not by the program (tests/reliability/
+                    # test_faults.py): once more on a fresh server, else not judged.
+                    if attempt == 1:
+                        log.warning("dafny: a server was killed mid-item; running it again")
+                        continue
+                    raise SandboxError(
+                        f"the Dafny server was killed from outside (exit status {code}) while "
+                        "verifying this program, twice: not judged; send the item again"
+                    ) from exc
+                # Dafny 2.3 dies on some programs (a stack overflow on deep nesting): the
+                # program's to answer for, as the CLI's exit status 1 would be.
+                tail = server.tool.stderr_tail().decode(errors="replace").strip().splitlines()
+                crash = f"the Dafny server died on this program ({type(exc).__name__})"
+                return Outcome(
+                    Status.COMPILE_ERROR,
+                    errors=[{"line": 0, "col": 0, "message": " ".join([crash, *tail[-2:]])[:500]}],
+                )
         body, _, end = reply.rpartition("\n[")
         outcome = parse_output(body)
         if end.startswith(("FAILURE", "FATAL")):

@@ -33,6 +33,7 @@ The REPL's wire protocol is in `lean_repl.py`; the token rules in `lean_syntax.p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -55,6 +56,7 @@ from assay.verifiers.lean_repl import (
     Message,
     ReplBroken,
     ReplError,
+    ReplKilled,
     Sorry,
     parse_command,
 )
@@ -80,6 +82,8 @@ _SHOWN_ERRORS = 3
 # runtime, C++'s allocator, Python's for the tests' stand-in).
 _OUT_OF_MEMORY = re.compile(r"out of memory|std::bad_alloc|MemoryError|Cannot allocate memory")
 _REFS_PER_REPL = 256
+
+log = logging.getLogger(__name__)
 
 # The probe: a command elaborator that reports what the environment holds. Defined once per
 # REPL, right after the imports and before the header's own `open`s, under a nonce name that
@@ -621,21 +625,32 @@ class ReplBackend:
     async def check(self, job: Job, sandbox: Sandbox) -> Checked:
         self._sandbox = sandbox
         key = (job.split.imports, job.header_rest)
-        try:
-            async with self.pool.lease(key) as repl:
-                return await self._check(repl, job)
-        except HeaderFailed as exc:
-            if job.own_imports:
-                return Checked(
-                    Verdict(
-                        Status.FAILED, 0.0, clip(f"the completion's imports fail: {exc.errors}")
-                    )
-                )
+        for attempt in (1, 2):
+            try:
+                async with self.pool.lease(key) as repl:
+                    return await self._check(repl, job)
+            except ReplKilled as exc:
+                # Not by the completion (tests/reliability/test_faults.py): once more on a
+                # fresh REPL, else the item says it was not judged.
+                if attempt == 2:
+                    raise SandboxError(
+                        f"{exc} while checking this completion, twice: not judged; "
+                        "send the item again"
+                    ) from exc
+                log.warning("lean: a REPL was killed mid-item; checking it again")
+            except HeaderFailed as exc:
+                return self._header_failed(job, exc)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _header_failed(job: Job, exc: HeaderFailed) -> Checked:
+        if job.own_imports:
             return Checked(
-                Verdict.unjudged(
-                    Status.INVALID_SPEC, f"the header does not elaborate: {exc.errors}"
-                )
+                Verdict(Status.FAILED, 0.0, clip(f"the completion's imports fail: {exc.errors}"))
             )
+        return Checked(
+            Verdict.unjudged(Status.INVALID_SPEC, f"the header does not elaborate: {exc.errors}")
+        )
 
     async def _check(self, repl: LeanRepl, job: Job) -> Checked:
         nonce = repl.nonce
@@ -650,6 +665,8 @@ class ReplBackend:
                     answer = await repl.command(
                         reference_command(job.statement, reference), env, self.check_timeout_s
                     )
+                except ReplKilled:
+                    raise
                 except (TimeoutError, ReplBroken) as exc:
                     raise SandboxError(
                         f"the Lean REPL failed on the spec's statement: {exc}"
@@ -669,6 +686,8 @@ class ReplBackend:
             return Checked(
                 Verdict(Status.TIMEOUT, 0.0, f"Lean did not finish within {job.spec.timeout_s:g} s")
             )
+        except ReplKilled:
+            raise
         except ReplBroken as exc:
             if repl.tool.oom_killed() or _OUT_OF_MEMORY.search(str(exc)):
                 return Checked(
@@ -699,6 +718,8 @@ class ReplBackend:
                     f"the environment checks did not finish within {self.check_timeout_s:g} s",
                 )
             )
+        except ReplKilled:
+            raise
         except (ReplBroken, ReplError, ProbeError) as exc:
             await repl.close()
             raise SandboxError(f"assay's environment check failed: {exc}") from exc

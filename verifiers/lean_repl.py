@@ -33,7 +33,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 # pydantic validates TypedDicts only from typing_extensions before Python 3.12.
 from typing_extensions import TypedDict
 
-from assay.sandboxes.base import ToolProcess
+from assay.sandboxes.base import ToolProcess, exit_status, killed_from_outside
 
 ANSWER_END = b"\n\n"
 
@@ -108,6 +108,11 @@ _ERROR = TypeAdapter(ErrorResponse)
 class ReplBroken(Exception):
     """The REPL died, overran a deadline, or answered something that is not the protocol.
     The process is closed; it must not be used again."""
+
+
+class ReplKilled(ReplBroken):
+    """The REPL was killed from outside (a signal no completion sends it: an operator, the
+    host's OOM killer) while it worked on a request: the request was not judged."""
 
 
 class ReplError(Exception):
@@ -199,9 +204,18 @@ class LeanRepl:
             await self.close()
             raise
         except asyncio.IncompleteReadError as exc:
+            code = await exit_status(self.tool)
             await self.close()
+            if killed_from_outside(code) and not self.tool.oom_killed():
+                raise ReplKilled(f"the REPL was killed from outside (exit status {code})") from exc
             raise ReplBroken(self._died(exc.partial)) from exc
-        except (asyncio.LimitOverrunError, ConnectionError, OSError) as exc:
+        except ConnectionError as exc:
+            code = await exit_status(self.tool)
+            await self.close()
+            if killed_from_outside(code) and not self.tool.oom_killed():
+                raise ReplKilled(f"the REPL was killed from outside (exit status {code})") from exc
+            raise ReplBroken(f"the REPL's pipe failed: {exc}") from exc
+        except (asyncio.LimitOverrunError, OSError) as exc:
             await self.close()
             raise ReplBroken(f"the REPL's pipe failed: {exc}") from exc
         try:
@@ -308,6 +322,7 @@ __all__ = [
     "ProofStepResponse",
     "ReplBroken",
     "ReplError",
+    "ReplKilled",
     "Sorry",
     "Tactic",
     "decode_answer",

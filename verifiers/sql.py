@@ -44,7 +44,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from assay.clients.schema import SqlSpec
-from assay.sandboxes.base import Limits, Sandbox, ToolProcess, ToolSpec
+from assay.sandboxes.base import (
+    Limits,
+    Sandbox,
+    ToolProcess,
+    ToolSpec,
+    exit_status,
+    killed_from_outside,
+)
+from assay.sandboxes.errors import SandboxError
 from assay.sandboxes.pool import WorkerPool
 from assay.verifiers.base import Status, Verdict, clip
 from assay.verifiers.sql_rows import Mismatch, Row, compare_rows, normal_rows
@@ -411,6 +419,17 @@ class SqlVerifier:
             "max_bytes": self.max_result_bytes,
         }
         self.stats.queries += 1
+        outcome = await self._query_once(target, request, timeout_s, sandbox)
+        if outcome.kind == "killed":
+            # Killed from outside, not by the query (tests/reliability/test_faults.py): once
+            # more on a fresh worker; killed again, the item says it was not judged.
+            log.warning("sql: a database worker was killed mid-query; running it again")
+            outcome = await self._query_once(target, request, timeout_s, sandbox)
+        return outcome
+
+    async def _query_once(
+        self, target: Target, request: dict[str, Any], timeout_s: float, sandbox: Sandbox
+    ) -> Outcome:
         pool = self._workers(sandbox)
         key = (target.engine, target.location, target.ro_paths)
         try:
@@ -434,14 +453,17 @@ class SqlVerifier:
         return Outcome(kind=answer.get("kind", "error"), error=answer.get("error", ""))
 
     async def _death(self, worker: _Worker) -> Outcome:
-        for _ in range(40):  # let it finish dying, so that its last words are read
-            if worker.tool.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.05)
+        code = await exit_status(worker.tool)  # let it finish dying, so that its last words
+        await asyncio.sleep(0.05)  # are read
         tail = worker.tool.stderr_tail().decode(errors="replace").strip()
         if worker.tool.oom_killed() or "MemoryError" in tail or "out of memory" in tail.lower():
             return Outcome(kind="memory", error=f"out of memory ({self.worker_memory_mb} MB)")
+        if killed_from_outside(code):
+            return Outcome(
+                kind="killed",
+                error=f"the database worker was killed from outside (exit status {code}) "
+                "while running the query, twice: not judged; send the item again",
+            )
         last = tail.splitlines()[-1] if tail else "no message"
         return Outcome(kind="error", error=f"the database worker died: {last[:300]}")
 
@@ -475,7 +497,7 @@ class SqlVerifier:
             outcome = await self.run_query(target, "gold", sql, timeout_s, sandbox)
         finally:
             del self._gold_running[key]
-        if outcome.kind not in ("timeout", "connect"):  # passing failures are not remembered
+        if outcome.kind not in ("timeout", "connect", "killed"):  # passing failures are not kept
             self._gold[key] = outcome
             while len(self._gold) > self._gold_entries:
                 self._gold.popitem(last=False)
@@ -527,7 +549,12 @@ class SqlVerifier:
             except _Stuck:
                 return "setup_sql ran past 60 s"
             except _Died:
-                return f"setup_sql failed: {(await self._death(worker)).error}"
+                died = await self._death(worker)
+                if died.kind == "killed":  # the worker's fault, not the spec's: not judged
+                    raise SandboxError(
+                        "the database worker building setup_sql was killed from outside"
+                    ) from None
+                return f"setup_sql failed: {died.error}"
             except _Garbled as exc:
                 return f"setup_sql failed: {exc}"
             if not answer.get("ok"):
@@ -586,6 +613,8 @@ class SqlVerifier:
                 gold = await self.gold(target, spec.gold_sql, spec.timeout_s, sandbox)
                 if gold.kind == "connect":
                     return _unreachable(target, gold)
+                if gold.kind == "killed":
+                    return _killed(target, gold, "gold")
                 if not gold.ok:
                     return Verdict.unjudged(
                         Status.INVALID_SPEC,
@@ -601,6 +630,8 @@ class SqlVerifier:
             empty_gold = empty_gold or not gold_rows
             if pred.kind == "connect":
                 return _unreachable(target, pred)
+            if pred.kind == "killed":
+                return _killed(target, pred, "predicted")
             if not pred.ok:
                 entry["error"] = pred.kind
                 status, why = _failure(pred)
@@ -628,6 +659,12 @@ class SqlVerifier:
 
 def _unreachable(target: Target, outcome: Outcome) -> Verdict:
     return Verdict.unjudged(Status.UNAVAILABLE, f"cannot open {target.name}: {outcome.error}")
+
+
+def _killed(target: Target, outcome: Outcome, role: str) -> Verdict:
+    return Verdict.unjudged(
+        Status.INTERNAL_ERROR, f"the {role} query on {target.name}: {outcome.error}", retryable=True
+    )
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

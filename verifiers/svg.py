@@ -42,7 +42,14 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from assay.clients.schema import SvgSpec
-from assay.sandboxes.base import Limits, Sandbox, ToolProcess, ToolSpec
+from assay.sandboxes.base import (
+    Limits,
+    Sandbox,
+    ToolProcess,
+    ToolSpec,
+    exit_status,
+    killed_from_outside,
+)
 from assay.sandboxes.errors import SandboxError, SandboxUnavailable
 from assay.sandboxes.pool import WorkerPool
 from assay.verifiers.base import Status, Verdict, clip
@@ -113,10 +120,18 @@ class _Worker:
                 return Render(status=Status(answer["status"]), reason=answer["reason"])
             raw = await self.tool.stdout.readexactly(int(answer["len"]))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            # An answer cut short by a death reads as bad JSON: the death is what counts.
+            ended = self.tool.stdout.at_eof() or not isinstance(exc, ValueError)
+            code = await exit_status(self.tool, 2.0 if ended else 0.0)
             await self.tool.close()
             if self.tool.oom_killed() or b"MemoryError" in self.tool.stderr_tail():
                 raise _WorkerGone(Status.MEMORY_LIMIT, "the renderer ran out of memory") from exc
-            code = self.tool.returncode
+            if killed_from_outside(code):  # not by the SVG: the item is rendered again
+                raise _WorkerGone(
+                    Status.INTERNAL_ERROR,
+                    f"the renderer was killed from outside (exit status {code}) while rendering "
+                    "this, twice: not judged; send the item again",
+                ) from exc
             raise _WorkerGone(
                 Status.RUNTIME_ERROR, f"the renderer crashed on it (exit status {code})"
             ) from exc
@@ -327,18 +342,23 @@ class SvgVerifier:
     ) -> Render:
         """One render in a warm worker; a worker that overruns `limit_s` or dies is closed."""
         pool = self._pool_for(sandbox)
-        try:
-            async with pool.lease() as worker:
-                try:
-                    async with asyncio.timeout(limit_s):
-                        return await worker.render(kind, data, size, allow_text)
-                except TimeoutError:
-                    await worker.close()
-                    raise _WorkerGone(
-                        Status.TIMEOUT, f"rendering took longer than {limit_s:g} s"
-                    ) from None
-        except _WorkerGone as gone:
-            return Render(status=gone.status, reason=gone.reason)
+        for attempt in (1, 2):
+            try:
+                async with pool.lease() as worker:
+                    try:
+                        async with asyncio.timeout(limit_s):
+                            return await worker.render(kind, data, size, allow_text)
+                    except TimeoutError:
+                        await worker.close()
+                        raise _WorkerGone(
+                            Status.TIMEOUT, f"rendering took longer than {limit_s:g} s"
+                        ) from None
+            except _WorkerGone as gone:
+                if gone.status is Status.INTERNAL_ERROR and attempt == 1:
+                    log.warning("svg: a renderer was killed mid-render; rendering again")
+                    continue
+                return Render(status=gone.status, reason=gone.reason)
+        raise AssertionError("unreachable")
 
     async def _reference(self, spec: SvgSpec, sandbox: Sandbox) -> Render:
         if spec.reference_svg is not None:
@@ -364,7 +384,12 @@ class SvgVerifier:
             if self._references.get(key) is task and task.done():
                 del self._references[key]
             raise
-        if result.status in (Status.TIMEOUT, Status.MEMORY_LIMIT, Status.RUNTIME_ERROR):
+        if result.status in (
+            Status.TIMEOUT,
+            Status.MEMORY_LIMIT,
+            Status.RUNTIME_ERROR,
+            Status.INTERNAL_ERROR,
+        ):
             self._references.pop(key, None)  # may be the machine's load; try again next time
         return result
 
@@ -398,6 +423,8 @@ class SvgVerifier:
             )
         if render.pixels is None:
             assert render.status is not None
+            if render.status is Status.INTERNAL_ERROR:
+                return Verdict.unjudged(render.status, render.reason, retryable=True)
             return Verdict(render.status, 0.0, clip(render.reason))
         scores = await self._batcher.compare(render.pixels, reference.pixels)
         return await self._verdict(payload, spec, render, reference, scores)
