@@ -4,8 +4,10 @@ A separate process (this one) sends items at a fixed rate (`--rate` items/s, one
 each request on its own, so that a slow item never holds the next one back) to a server on
 127.0.0.1 for `--duration` seconds (default 600). The mix cycles through every verifier this
 machine has: `code` with stdin/stdout tests, `code` with `test_code`, `sql` on a SQLite
-database of its own and with `setup_sql`, `svg`, and `dafny` when Dafny is installed. Every
-item is unique
+database of its own and with `setup_sql`, `svg`, `dafny` when Dafny is installed, and `lean`
+(no Lean can be installed here: its REPL is the tests' stand-in, tests/verifiers/
+lean_standin.py, answering recorded Lean answers, started by the service through the sandbox
+as the real REPL is; what is measured is the service's side of it). Every item is unique
 (the result cache is off as well), and every item is right: any status but `passed` is an error,
 as is any HTTP status but 200 or an exception.
 
@@ -50,6 +52,13 @@ DAFNY_OK = (
     "{\n  if x < 0 { y := -x; } else { y := x; }\n}\n"
 )
 HAS_DAFNY = Path("/usr/lib/dafny/DafnyServer.exe").exists()
+ROOT = Path(__file__).resolve().parents[1]
+GCD = "theorem mathd_numbertheory_188 : Nat.gcd 180 168 = 12"
+LEAN_PROOFS = 200  # a REPL is recycled after this many (ASSAY_LEAN_MAX_PROOFS)
+
+
+def lean_proof(n: int) -> str:
+    return f"{GCD} := by norm_num -- {n}"
 
 
 def item(kind: str, n: int) -> dict[str, Any]:
@@ -75,6 +84,9 @@ def item(kind: str, n: int) -> dict[str, Any]:
     elif kind == "svg":
         spec = {"reference_svg": SQUARE}
         completion = SQUARE.replace("<rect", f"<!-- {n} --><rect")
+    elif kind == "lean":
+        spec = {"theorem": GCD}
+        completion = lean_proof(n)
     else:
         spec = {}
         completion = DAFNY_OK + f"// {n}\n"
@@ -90,7 +102,42 @@ def kinds() -> list[str]:
     out = ["code-io", "code-test", "sql-db", "sql-setup", "svg"]
     if HAS_DAFNY:
         out.append("dafny")
+    out.append("lean")
     return out
+
+
+def write_lean_script(folder: Path, items: int) -> tuple[list[str], str]:
+    """The stand-in REPL's answers for items `-10 .. items` (each proof: the answer Lean gave
+    a proof it accepts, recorded; the probe's answer for each of a REPL's proofs), the
+    command that starts it, and the header the script is for."""
+    sys.path.insert(0, str(ROOT))  # the script's builder lives with the tests that use it
+    from tests.verifiers.lean_support import (
+        HEADER,
+        NONCE,
+        STANDARD,
+        STANDIN,
+        Script,
+        env_answer,
+    )
+
+    script = Script(any_nonce=True)
+    script.start()
+    script.reference(GCD, "⊢ Nat.gcd 180 168 = 12")
+    for n in range(-10, items):
+        script.completion(lean_proof(n), 2, env_answer(1), "recorded", repeat=True)
+    for proof in range(1, LEAN_PROOFS + 1):
+        script.probe(
+            env=1,
+            proof=proof,
+            target="mathd_numbertheory_188",
+            reference=f"assay_ref_{NONCE}_0",
+            decls=[("mathd_numbertheory_188", "theorem")],
+            axioms=STANDARD,
+            statement={"found": True, "kind": "theorem", "same": True},
+        )
+        script.exchanges[-1]["repeat"] = True
+    path = script.write(folder)
+    return ["/usr/bin/python3", "-I", str(STANDIN), str(path)], HEADER
 
 
 # -- what the service holds, from /proc ---------------------------------------------------------
@@ -160,7 +207,9 @@ def sample(pid: int) -> dict[str, float]:
 # -- the server ---------------------------------------------------------------------------------
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    data_dir: Path, lean: list[str], lean_header: str
+) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -172,6 +221,14 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         ASSAY_SVG_WORKERS="1",
         ASSAY_SVG_DEVICE="cpu",
         ASSAY_DAFNY_SERVERS="1",
+        ASSAY_LEAN_REPL_COMMAND=json.dumps(lean),
+        ASSAY_LEAN_PROJECT_DIR="",
+        ASSAY_LEAN_HEADER=lean_header,
+        ASSAY_LEAN_PATHS=json.dumps([str(Path(lean[2]).parent), str(Path(lean[3]).parent)]),
+        ASSAY_LEAN_POOL_SIZE="1",
+        ASSAY_LEAN_MEMORY_MB="512",
+        ASSAY_LEAN_MAX_PROOFS=str(LEAN_PROOFS),
+        ASSAY_LEAN_START_TIMEOUT_S="60",
     )
     argv = [sys.executable, "-m", "assay.clients.cli", "serve", "--port", str(port)]
     process = subprocess.Popen([*argv, "--log-level", "warning"], env=env)
@@ -294,7 +351,8 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="assay-soak-"))
     data_dir.chmod(0o755)  # the sandbox's uids read the database
     make_database(data_dir)
-    process, url = start_server(data_dir)
+    lean, header = write_lean_script(data_dir, int(args.duration * args.rate) + 100)
+    process, url = start_server(data_dir, lean, header)
     try:
         report = asyncio.run(load(url, process.pid, args))
     finally:

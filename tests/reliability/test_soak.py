@@ -23,6 +23,8 @@ def test_a_short_soak_has_no_errors_and_bounded_growth(tmp_path: Path) -> None:
         [*argv, "--warmup-s", "10", "--json", str(out)], capture_output=True, timeout=600
     )
     report = json.loads(out.read_text())
+    # Every verifier is in the mix (Lean through the stand-in REPL; Dafny where installed).
+    assert {"code-io", "code-test", "sql-db", "sql-setup", "svg", "lean"} <= set(report["mix"])
     assert report["errors"] == 0, report["first_errors"]
     assert done.returncode == 0
     assert report["answered"] == report["sent"] > 0

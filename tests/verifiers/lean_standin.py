@@ -7,6 +7,9 @@ blank one, each with its line end dropped, joined; a query starting with `#` or 
 skipped; end of input ends the session) and looks the request up in the script:
 
     {"strict_order": bool,      # answer the exchanges in order, each once (a transcript)
+     "nonce": str,              # the nonce the script's requests were written with; the live
+                                # one (a real service draws its own per REPL) is learnt from
+                                # the header's probe and swapped for it both ways
      "ballast_mb": int,         # memory to hold while it runs (the memory-ceiling tests)
      "exchanges": [{"request": {...},   # matched as parsed JSON, key order ignored
                     "answer": "...",    # written exactly, its framing blank line included
@@ -22,8 +25,12 @@ with status 3, as a REPL that died would.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+
+# The probe's elaborator in assay's header command names the REPL's nonce (verifiers/lean.py).
+_NONCE = re.compile(r"assayProbe_([0-9A-Za-z]+)")
 
 
 def _key(value: object) -> str:
@@ -52,12 +59,18 @@ def main() -> None:
     for k, exchange in enumerate(exchanges):
         by_key.setdefault(_key(exchange["request"]), []).append(k)
     out = sys.stdout.buffer
+    written = script.get("nonce")
+    live = None
     while True:
         query = _read_query()
         if query == "":
             return
         if query.startswith(("#", "--")):
             continue
+        if written is not None and live is None and (m := _NONCE.search(query)):
+            live = m.group(1)
+        if live is not None:
+            query = query.replace(live, written)
         try:
             key = _key(json.loads(query))
         except ValueError:
@@ -85,7 +98,10 @@ def main() -> None:
         if "exit" in exchange:
             sys.stderr.write("stand-in: exiting as recorded\n")
             sys.exit(exchange["exit"])
-        out.write(exchange["answer"].encode("utf-8"))
+        answer = exchange["answer"]
+        if live is not None:
+            answer = answer.replace(written, live)
+        out.write(answer.encode("utf-8"))
         out.flush()
 
 

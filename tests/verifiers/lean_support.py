@@ -118,6 +118,8 @@ class Script:
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     ballast_mb: int = 0
     strict_order: bool = False
+    any_nonce: bool = False
+    """Answer a service that draws its own nonce per REPL (the stand-in swaps it for NONCE)."""
 
     def add(self, request: dict[str, Any], answer: str, source: str, **extra: Any) -> None:
         assert source in ("recorded", "constructed")
@@ -182,6 +184,7 @@ class Script:
             "exchanges": self.exchanges,
             "ballast_mb": self.ballast_mb,
             "strict_order": self.strict_order,
+            **({"nonce": NONCE} if self.any_nonce else {}),
         }
         path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
         os.chmod(path, 0o644)
