@@ -48,7 +48,9 @@ import time
 from typing import Any
 
 WORK = "/work"
-WRITABLE = ("/work", "/tmp", "/dev/shm")
+# /var/tmp: Podman mounts a writable tmpfs there on a read-only root (its `read_only_tmpfs`),
+# which outlived jobs until tests/reliability/test_escapes_native.py found a file planted there.
+WRITABLE = ("/work", "/tmp", "/dev/shm", "/var/tmp")
 PATH = "/usr/local/bin:/usr/bin:/bin"
 CHUNK = 1 << 16
 PR_SET_DUMPABLE = 4

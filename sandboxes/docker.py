@@ -297,7 +297,8 @@ class DockerSandbox:
             stdin_open=True,
             network_mode="none",
             read_only=True,
-            tmpfs={"/work": tmpfs, "/tmp": tmpfs, "/dev/shm": tmpfs},
+            # /var/tmp: sized, and the same on every engine (Podman mounts an unsized one).
+            tmpfs={"/work": tmpfs, "/tmp": tmpfs, "/dev/shm": tmpfs, "/var/tmp": tmpfs},
             mem_limit=f"{self.container_memory_mb}m",
             memswap_limit=f"{self.container_memory_mb}m",
             pids_limit=self.container_pids,

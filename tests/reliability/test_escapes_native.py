@@ -171,8 +171,9 @@ NATIVE = [
         "c",
         C_HEAD + "int main(void) {\n"
         '  const char *d[] = {"/tmp/assay-planted", "/dev/shm/assay-planted",'
-        ' "/var/tmp/assay-planted", "/work/../assay-planted"};\n'
-        '  for (int i = 0; i < 4; i++) { FILE *f = fopen(d[i], "w"); if (f) fclose(f); }\n'
+        ' "/var/tmp/assay-planted", "/work/../assay-planted", "/run/assay-planted",'
+        ' "/dev/assay-planted"};\n'
+        '  for (int i = 0; i < 6; i++) { FILE *f = fopen(d[i], "w"); if (f) fclose(f); }\n'
         '  printf("planted\\n");\n  return 0;\n}\n',
         Status.PASSED,
         (b"planted\n",),
@@ -239,7 +240,8 @@ NATIVE = [
         "cpp",
         "#include <cstdio>\n#include <filesystem>\nnamespace fs = std::filesystem;\n"
         "int main() {\n  int seen = 0;\n"
-        '  for (auto p : {"/root", "/home", "/work/main", "/srv", "/var/lib", "/run"}) {\n'
+        '  for (auto p : {"/root", "/home", "/work/main", "/work/wt", "/srv", "/run/podman",'
+        ' "/run/user"}) {\n'
         "    std::error_code e;\n    for (auto &x : fs::directory_iterator(p, e)) { (void)x; "
         "seen++; }\n  }\n"
         '  std::printf("%d\\n", seen);\n}\n',
@@ -304,7 +306,7 @@ NATIVE = [
 # A later job's look: the scratch places and the work dir hold nothing of an earlier job's.
 LOOK = (
     "shopt -s nullglob dotglob\nleft=(/tmp/* /dev/shm/* /var/tmp/assay-* $HOME/assay-* "
-    '/work/../assay-*)\necho "${#left[@]}"\n'
+    '/work/../assay-*)\necho "${#left[@]}" "${left[@]}"\n'
 )
 
 
