@@ -10,7 +10,14 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,8 +30,10 @@ from fastapi.routing import APIRoute
 
 from assay.clients.schema import (
     IndexedResult,
+    ScoreItem,
     ScoreRequest,
     ScoreResponse,
+    ScoreResult,
     VerifiersResponse,
 )
 from assay.sandboxes.base import Sandbox
@@ -163,6 +172,23 @@ class ApiKeys:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _Releasing(StreamingResponse):
+    """A stream that gives back its admission's reservation when it ends, even if its body
+    never started (the client gone before it did)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], release: Callable[[], None], media_type: str
+    ) -> None:
+        super().__init__(content, media_type=media_type)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _disconnected(request: Request) -> None:
@@ -331,6 +357,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics = Metrics()
     engine = engine or build_engine(settings, observer=metrics)
     state = {"draining": False}
+    # Items of streams admitted whose bodies have not started yet (the Engine counts a batch
+    # from its stream's first step, which comes after the response is returned): counted
+    # against the bound as well, or concurrent streams would all pass it.
+    reserved = [0]
 
     drain_tasks: set[asyncio.Task[None]] = set()
 
@@ -422,11 +452,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if state["draining"]:
             metrics.requests.labels(endpoint, "503").inc()
             raise HTTPException(503, "the server is shutting down", headers=retry)
-        if engine.in_flight + n > settings.max_pending_items:
+        pending = engine.in_flight + reserved[0]
+        if pending + n > settings.max_pending_items:
             metrics.requests.labels(endpoint, "429").inc()
             raise HTTPException(
                 429,
-                f"{engine.in_flight} items pending; the limit is {settings.max_pending_items}",
+                f"{pending} items pending; the limit is {settings.max_pending_items}",
                 headers=retry,
             )
         metrics.requests.labels(endpoint, "200").inc()
@@ -438,22 +469,32 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     async def score(body: ScoreRequest, request: Request) -> Response:
         admit(body, "score")
-        metrics.in_flight.inc(len(body.items))
-        work = asyncio.ensure_future(engine.score(body.items))
+        scored = await score_while_connected(body.items, request)
+        if scored is None:  # the client went away: its items' work stopped
+            return Response(status_code=499)
+        results = ScoreResponse(results=scored).model_dump(mode="json")
+        return Response(json_bytes(results), media_type="application/json")
+
+    async def score_while_connected(
+        items: Sequence[ScoreItem], request: Request
+    ) -> list[ScoreResult] | None:
+        """The items' results; `None` once the client of `request` has gone away, whose
+        items' work is then cancelled (tests/service/test_attack.py)."""
+        metrics.in_flight.inc(len(items))
+        work = asyncio.ensure_future(engine.score(items))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():  # the client went away: its items' work stops
+            if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-                return Response(status_code=499)
-            results = ScoreResponse(results=work.result()).model_dump(mode="json")
-            return Response(json_bytes(results), media_type="application/json")
+                return None
+            return work.result()
         finally:
             gone.cancel()
             work.cancel()
-            metrics.in_flight.dec(len(body.items))
+            metrics.in_flight.dec(len(items))
 
     @app.post(
         "/v1/score/stream",
@@ -462,19 +503,30 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     async def score_stream(body: ScoreRequest) -> StreamingResponse:
         admit(body, "stream")
+        n = len(body.items)
+        reserved[0] += n
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                reserved[0] -= n
 
         async def lines() -> AsyncIterator[bytes]:
-            metrics.in_flight.inc(len(body.items))
+            metrics.in_flight.inc(n)
             try:
+                # The Engine counts the items from the stream's first step, before it first
+                # waits: no other request is admitted between the two.
+                release()
                 async for index, result in engine.stream(body.items):
                     line = IndexedResult(index=index, **result.model_dump())
                     yield json_bytes(line.model_dump(mode="json")) + b"\n"
             finally:
-                metrics.in_flight.dec(len(body.items))
+                metrics.in_flight.dec(n)
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return _Releasing(lines(), release, media_type="application/x-ndjson")
 
-    app.include_router(trainer_router(engine, admit, StrictJSONRoute))
+    app.include_router(trainer_router(admit, score_while_connected, StrictJSONRoute))
     add_spec_schemas(app, {n: v.spec_model for n, v in engine.verifiers.items()})
 
     @app.get("/v1/verifiers", response_model=VerifiersResponse)

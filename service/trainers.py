@@ -20,15 +20,15 @@ sends an `Authorization` header, so where API keys are set the key may come as `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from assay.clients.schema import ScoreItem, ScoreRequest, ScoreResult, item_from_label
-from assay.service.engine import Engine
 
 # Text forms of the end-of-sequence tokens of common chat templates (ChatML, Llama 2 and 3,
 # Gemma, DeepSeek): OpenRLHF decodes queries with special tokens kept.
@@ -98,22 +98,37 @@ def _policy(value: str) -> float | None:
     return number
 
 
+class _Gone(Exception):
+    """The trainer's connection closed before its rewards were ready."""
+
+
+Scorer = Callable[[Sequence[ScoreItem], Request], Awaitable[list[ScoreResult] | None]]
+
+
 def trainer_router(
-    engine: Engine,
     admit: Callable[[ScoreRequest, str], None],
+    score: Scorer,
     route_class: type[APIRoute] = APIRoute,
 ) -> APIRouter:
-    """The trainer protocols' routes, sharing the app's Engine and admission (API keys are
-    checked by the app's middleware, which also takes `?api_key=` on these paths)."""
+    """The trainer protocols' routes, sharing the app's admission and scoring: `score`
+    gives the items' results, or `None` once the client has gone away (its work cancelled).
+    API keys are checked by the app's middleware, which also takes `?api_key=` on these
+    paths."""
     router = APIRouter(prefix="/v1/trainers", tags=["trainers"], route_class=route_class)
 
     async def judge(
-        prepared: Sequence[ScoreItem | ScoreResult], endpoint: str, null_reward: str
+        prepared: Sequence[ScoreItem | ScoreResult],
+        endpoint: str,
+        null_reward: str,
+        request: Request,
     ) -> tuple[list[ScoreResult], list[float]]:
         fallback = _policy(null_reward)
         items = [p for p in prepared if isinstance(p, ScoreItem)]
         admit(ScoreRequest(items=items), endpoint)
-        scored = iter(await engine.score(items) if items else [])
+        done = await score(items, request) if items else []
+        if done is None:  # the trainer went away (its timeout): its items' work stopped
+            raise _Gone()
+        scored = iter(done)
         results = [next(scored) if isinstance(p, ScoreItem) else p for p in prepared]
         unjudged = [r for r in results if r.reward is None]
         if unjudged and fallback is None:
@@ -128,8 +143,8 @@ def trainer_router(
         summary="OpenRLHF's remote reward model protocol (--remote_rm_url).",
     )
     async def openrlhf(
-        body: OpenRLHFRequest, null_reward: str = Query(default="0")
-    ) -> OpenRLHFResponse:
+        body: OpenRLHFRequest, request: Request, null_reward: str = Query(default="0")
+    ) -> OpenRLHFResponse | Response:
         n = len(body.query)
         prompts: list[str | None] = list(body.prompts) if body.prompts is not None else [None] * n
         labels = body.labels if body.labels is not None else [None] * n
@@ -139,7 +154,10 @@ def trainer_router(
             item_from_label(response_of(q, p), label)
             for q, p, label in zip(body.query, prompts, labels, strict=True)
         ]
-        results, rewards = await judge(prepared, "openrlhf", null_reward)
+        try:
+            results, rewards = await judge(prepared, "openrlhf", null_reward, request)
+        except _Gone:
+            return Response(status_code=499)
         return OpenRLHFResponse(
             rewards=rewards,
             scores=rewards,
@@ -155,9 +173,14 @@ def trainer_router(
         response_model=float,
         summary="slime's remote_rm protocol (--rm-type remote_rm --rm-url): the reward.",
     )
-    async def slime(body: SlimeRequest, null_reward: str = Query(default="0")) -> float:
+    async def slime(
+        body: SlimeRequest, request: Request, null_reward: str = Query(default="0")
+    ) -> float | Response:
         prepared = [item_from_label(body.response, body.label)]
-        _, rewards = await judge(prepared, "slime", null_reward)
+        try:
+            _, rewards = await judge(prepared, "slime", null_reward, request)
+        except _Gone:
+            return Response(status_code=499)
         return rewards[0]
 
     return router
