@@ -57,6 +57,7 @@ _LIST_TOOLS = (
 )
 _LABEL = "io.assay.sandbox"
 _LINE_LIMIT = 1 << 27
+_PING_S = 2.0  # how often `check` asks an engine that answered whether it still does
 
 
 class _Attached:
@@ -211,13 +212,16 @@ class DockerSandbox:
         self._client: Any = None
         self._tools: dict[str, set[str]] = {}
         self._reason: str | None | bool = False  # False: not checked yet
+        self._checked = 0.0  # when the engine was last asked
+        self._lost = False  # it answered once, then went away
         self._checking = asyncio.Lock()
         self._pool: WorkerPool[_Container] = WorkerPool(
             self._start,
             self._remove,
             size=max(1, containers_per_image * max(1, len(self.images))),
             max_uses=max_uses,
-            healthy=lambda c: c.clean,
+            # An idle container whose attach stream ended (its engine went away) is not lent.
+            healthy=lambda c: c.clean and not c.attached.stdout.at_eof(),
             name="docker",
         )
         self._live: set[_Container] = set()
@@ -239,12 +243,16 @@ class DockerSandbox:
         except Exception:
             raise
         self._client = client
-        # A runner exits only when its service went away without removing it: garbage.
-        for stale in client.containers.list(
-            all=True, filters={"label": _LABEL, "status": "exited"}
-        ):
-            with contextlib.suppress(docker.errors.DockerException):
-                stale.remove(force=True)
+        # A runner exits only when its service went away without removing it: garbage. So
+        # are this service's own containers that its pool no longer holds (their attach
+        # streams were lost with an engine that went away and came back).
+        live = {worker.container.id for worker in self._live}
+        for stale in client.containers.list(all=True, filters={"label": _LABEL}):
+            exited = stale.status == "exited"
+            orphan = stale.labels.get(_LABEL) == str(os.getpid()) and stale.id not in live
+            if exited or orphan:
+                with contextlib.suppress(docker.errors.DockerException):
+                    stale.remove(force=True)
         for image in self.images:
             try:
                 out = client.containers.run(
@@ -261,10 +269,24 @@ class DockerSandbox:
 
     async def check(self) -> str | None:
         async with self._checking:
-            if self._reason is False:
+            now = time.monotonic()
+            if self._reason is None and now - self._checked > _PING_S:
+                # The engine may have gone away since (tests/containers/test_engine_outage.py):
+                # asked again at most every few seconds; then reconnected to when it answers.
+                self._checked = now
+                try:
+                    await asyncio.to_thread(self._client.ping)
+                except Exception as exc:  # the SDK's errors and requests' connection errors
+                    self._reason, self._lost = f"the container engine went away: {exc}", True
+                    log.warning("docker: %s", self._reason)
+            elif self._reason is False or (self._lost and now - self._checked > _PING_S):
+                self._checked = now
                 try:
                     await asyncio.to_thread(self._connect)
                     self._reason = None
+                    if self._lost:
+                        log.warning("docker: the container engine answers again")
+                    self._lost = False
                 except SandboxUnavailable as exc:
                     self._reason = str(exc)
                 except ImportError:
