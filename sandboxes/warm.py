@@ -2,14 +2,15 @@
 
 Each worker is a bubblewrap sandbox (its own uid and memory cgroup where the host allows, as a
 job's) running `runner.py` in `warm` mode: an interpreter that has imported what programs
-import most and waits for requests. A request is one item's program and its runs; each run is
-a process forked from the interpreter into its own pid, mount and IPC namespaces (see
-`runner.py`), so it starts in about the time of a fork instead of a sandbox start plus an
-interpreter start, with the isolation of a job: its own empty work dir, /tmp and /dev/shm, its
-own processes (it cannot see or signal the interpreter, earlier programs or the service), no
-capabilities, no_new_privs, the seccomp filter, rlimits, the whole namespace killed at its
-deadline. Nothing a program does reaches the interpreter: it runs in a copy (fork), and the
-interpreter only reads its pipes.
+import most, made itself pid 1 of pid, mount and IPC namespaces of its own, and waits for
+requests. A request is one item's program and its runs; each run is a process forked from the
+interpreter (see `runner.py`), so it starts in about the time of a fork instead of a sandbox
+start plus an interpreter start, with the isolation of a job: its own empty work dir, /tmp and
+/dev/shm (fresh mounts over the last program's), its own IPC namespace, no view of the
+interpreter or of earlier programs (all killed when it ends), no capabilities, no_new_privs,
+the seccomp filter, rlimits, everything it started killed at its end or deadline. Nothing a
+program does reaches the interpreter: it runs in a copy (fork), the interpreter is not
+dumpable and, as its namespace's init, takes no signal from it, and only reads its pipes.
 
 Workers live in a `WorkerPool`: one lent per item; a worker whose request failed (the runner
 crashed, overran the request's deadline, sent something unexpected, or the request was

@@ -393,13 +393,14 @@ def _uids_running(base: int, count: int) -> list[str]:
 
 async def _only_the_worker_left(sandbox: LocalSandbox, grace_s: float = 3.0) -> bool:
     """A warm sandbox's uids run its idle workers' sandboxes and interpreters, nothing else:
-    for each worker, bwrap (twice: its monitor and its namespace's pid 1) and the runner."""
+    for each worker, bwrap (twice: its monitor and its namespace's pid 1), the runner and the
+    warm init it forks (pid 1 of the namespaces the programs run in)."""
     assert sandbox._warm is not None
     pool = sandbox._warm.pool
     deadline = time.monotonic() + grace_s
     while True:
         left = _uids_running(UID_BASE, UID_COUNT)
-        if len(left) == 3 * pool.live and pool.idle(_warm_key()) == pool.live:
+        if len(left) == 4 * pool.live and pool.idle(_warm_key()) == pool.live:
             return True
         if time.monotonic() > deadline:
             print(left)
