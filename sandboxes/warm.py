@@ -43,6 +43,7 @@ class WarmWorker:
     def __init__(self, tool: Any) -> None:
         self.tool = tool
         self.programs = 0
+        self.oom_kills = 0  # the worker's memory cgroup's count, when last read
 
     @property
     def alive(self) -> bool:
@@ -140,15 +141,17 @@ class WarmPython:
                 await tool.stdin.drain()
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise SandboxError(f"a warm Python worker is gone: {exc!r}") from exc
-            oom_seen = tool.oom_kills()
             last = len(job.runs) - 1
             for index, run in enumerate(job.runs):
                 budget = run.limits.wall_s + steps.STEP_SLACK_S + steps.START_SLACK_S
                 frame = await self._next(tool, budget)
-                kills = tool.oom_kills()
                 result = steps.step_result(*frame, oom_killed=False)
-                result = tool.with_pressure(result, kills > oom_seen)
-                oom_seen = kills
+                # The memory killer kills with SIGKILL: a single-process run that ended any
+                # other way met none (its cgroup file is not read, a cost on every run).
+                if result.signal is not None or run.limits.processes > 1:
+                    kills = tool.oom_kills()
+                    result = tool.with_pressure(result, kills > worker.oom_kills)
+                    worker.oom_kills = kills
                 stop = False
                 try:
                     yield StepResult("run", index, result)
