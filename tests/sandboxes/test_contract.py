@@ -172,11 +172,15 @@ HOSTILE = [
         b"refused refused refused refused open refused\n",
     ),
     Hostile(
-        # Each child stays under its own address-space limit; together they are 5 x 200 MB.
+        # Each child stays under its own address-space limit; together they are 5 x 200 MB,
+        # all held at once (each waits for the others, however slowly the machine forks).
         "forks_to_multiply_its_memory",
-        "import os, sys, time\nkids = []\nfor _ in range(5):\n    pid = os.fork()\n"
-        "    if pid == 0:\n        block = bytearray(200 << 20)\n        time.sleep(0.5)\n"
+        "import os, sys\nready_r, ready_w = os.pipe()\ngo_r, go_w = os.pipe()\nkids = []\n"
+        "for _ in range(5):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        os.close(ready_r)\n        os.close(go_w)\n        block = bytearray(200 << 20)\n"
+        "        os.write(ready_w, b'x')\n        os.close(ready_w)\n        os.read(go_r, 1)\n"
         "        os._exit(0)\n    kids.append(pid)\n"
+        "os.close(ready_w)\nwhile os.read(ready_r, 5):\n    pass\nos.close(go_w)\n"
         "codes = [os.waitpid(k, 0)[1] for k in kids]\nprint(codes)\n"
         "sys.exit(1 if any(codes) else 0)\n",
         Status.MEMORY_LIMIT,
