@@ -269,6 +269,15 @@ def _set_limits(spec: Spec) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
+def _write_files(files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+    for name, data in files:
+        fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, bytes(data))
+        finally:
+            os.close(fd)
+
+
 def _fresh_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) -> None:
     """In init's new mount namespace: its own /proc, /tmp, /dev/shm and, for runs, work dir."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -296,12 +305,7 @@ def _fresh_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) ->
             mount(source, target, None, MS_BIND | MS_REC)
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
         os.close(old)
-        for name, data in files:
-            fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, bytes(data))
-            finally:
-                os.close(fd)
+        _write_files(files)
     os.chdir(WORK_DIR)
 
 
@@ -739,12 +743,7 @@ def _fresh_warm_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]
     ):
         mount("tmpfs", target, "tmpfs", flags, f"size={room},mode={mode}")
         _warm_mounts.append(target)
-    for name, data in files:
-        fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, bytes(data))
-        finally:
-            os.close(fd)
+    _write_files(files)
 
 
 def _end_the_rest() -> None:
