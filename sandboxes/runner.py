@@ -435,11 +435,7 @@ def _pump(
             got.killed = True
             kill()
 
-    def pipes_open() -> int:
-        watching = ended is not None and ended[0] in sel.get_map()
-        return len(sel.get_map()) - watching
-
-    while pipes_open():
+    while sel.get_map():  # a pipe is open, or the program has not ended
         left = deadline - time.monotonic()
         if left <= 0:
             if got.killed:

@@ -221,6 +221,7 @@ IO_PROGRAMS = {
     "exits_2": "import sys\nsys.exit(2)\n",
     "exit_message": "raise SystemExit('no')\n",
     "sleeps": "import time\ntime.sleep(10)\n",
+    "closes_its_output_and_sleeps": "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(10)\n",
     "spins": "while True:\n    pass\n",
     "allocates": "x = bytearray(1 << 40)\n",
     "floods": "while True:\n    print('x' * 1000)\n",
