@@ -39,6 +39,7 @@ from assay.sandboxes import LocalSandbox, ToolSpec
 from assay.sandboxes.runner import WARM_IMPORTS
 from assay.service.engine import Engine
 from assay.verifiers import CodeVerifier
+from assay.verifiers.base import Status, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 CORES = os.cpu_count() or 1
@@ -192,7 +193,10 @@ class PerTest(CodeVerifier):
             passed += (
                 run.exit_code == 0 and run.stdout.decode().split() == test.expected_stdout.split()
             )
-        return passed == len(spec.tests)
+        # A verdict, as the verifier's own method returns (its `verify` reads it).
+        if passed == len(spec.tests):
+            return Verdict(Status.PASSED, 1.0)
+        return Verdict(Status.FAILED, 0.0)
 
 
 async def _io_once(way: str, items: int, tests: int) -> dict[str, Any]:
@@ -225,7 +229,7 @@ async def _io_once(way: str, items: int, tests: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     starts = Counting.starts
     await sandbox.close()
-    ok = all(v is True or getattr(v, "reward", 0) == 1.0 for v in verdicts)
+    ok = all(v.reward == 1.0 for v in verdicts)
     return {"items_per_s": round(items / seconds, 2), "sandbox_starts": starts, "all_passed": ok}
 
 

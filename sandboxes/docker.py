@@ -246,13 +246,22 @@ class DockerSandbox:
         # A runner exits only when its service went away without removing it: garbage. So
         # are this service's own containers that its pool no longer holds (their attach
         # streams were lost with an engine that went away and came back).
+        # Best effort, by id from the engine's list (containers come and go meanwhile).
         live = {worker.container.id for worker in self._live}
-        for stale in client.containers.list(all=True, filters={"label": _LABEL}):
-            exited = stale.status == "exited"
-            orphan = stale.labels.get(_LABEL) == str(os.getpid()) and stale.id not in live
-            if exited or orphan:
-                with contextlib.suppress(docker.errors.DockerException):
-                    stale.remove(force=True)
+        stale: set[str] = set()
+        with contextlib.suppress(docker.errors.DockerException):
+            for found in client.api.containers(
+                all=True, filters={"label": _LABEL, "status": "exited"}
+            ):
+                stale.add(found["Id"])
+            for found in client.api.containers(
+                all=True, filters={"label": f"{_LABEL}={os.getpid()}"}
+            ):
+                if found["Id"] not in live:
+                    stale.add(found["Id"])
+        for ident in stale:
+            with contextlib.suppress(docker.errors.DockerException):
+                client.api.remove_container(ident, force=True)
         for image in self.images:
             try:
                 out = client.containers.run(
