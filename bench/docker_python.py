@@ -3,7 +3,10 @@
 The items are code_sum.py's (read two numbers, print their sum; half right, half wrong, 10%
 exact copies). In one run, on the same items:
 - docker: the Engine on `DockerSandbox` (warm containers fed jobs by the runner in them);
-- local: the Engine on `LocalSandbox` (bubblewrap, a sandbox start per job);
+- local: the Engine on `LocalSandbox` as `assay serve` makes it by default (bubblewrap, warm
+  Python interpreters that programs are forked from, `ASSAY_WARM_PYTHON_WORKERS` = 2 x cores),
+  and cold (`warm_python=0`: a sandbox start and a fresh interpreter per job, as the docker
+  backend's runner starts one per job);
 - per-job container: the plain way with containers, `containers.run(image, [python3, -c, code],
   remove=True)` per item with the same lock-down, in a thread pool as wide as the cores (on
   `--per-job-items` of the items, default 100, a sample whose items/s is extrapolated to all
@@ -43,7 +46,9 @@ async def through_engine(sandbox: Sandbox, items: list[dict[str, Any]]) -> tuple
     cores = os.cpu_count() or 1
     box = Engine(sandbox, default_concurrency=2 * cores, cache_entries=0)
     assert await sandbox.check() is None, sandbox.unavailable_reason()
-    await box.score([ScoreItem.model_validate(items[0])])  # warm up (containers start)
+    # Warm up: as many items at once as run at once, so that every container or warm
+    # interpreter the run uses has started before the clock does.
+    await box.score([ScoreItem.model_validate(i) for i in items[: 2 * cores]])
     started = time.perf_counter()
     results = await box.score([ScoreItem.model_validate(i) for i in items])
     elapsed = time.perf_counter() - started
@@ -113,25 +118,35 @@ def main() -> int:
             items = make_items(args.items, seed=100 + r)
             docker_box = DockerSandbox([image], base_url=url, containers_per_image=2 * cores)
             docker_s, docker_rewards = asyncio.run(through_engine(docker_box, items))
-            local_s, local_rewards = asyncio.run(through_engine(LocalSandbox(), items))
+            warm = LocalSandbox(warm_python=2 * cores)
+            local_s, local_rewards = asyncio.run(through_engine(warm, items))
+            cold_s, cold_rewards = asyncio.run(through_engine(LocalSandbox(warm_python=0), items))
             few = items[: args.per_job_items or len(items)]
             per_job_s, per_job_rewards = per_job_containers(url, image, few)
             disagree = sum(a != b for a, b in zip(docker_rewards, local_rewards, strict=True))
+            disagree += sum(a != b for a, b in zip(docker_rewards, cold_rewards, strict=True))
             disagree += sum(a != b for a, b in zip(docker_rewards, per_job_rewards, strict=False))
             rounds.append(
                 {
                     "docker_s": docker_s,
                     "local_s": local_s,
+                    "local_cold_s": cold_s,
                     "per_job_s": per_job_s,
                     "per_job_items": len(few),
                     "docker_items_per_s": len(items) / docker_s,
                     "local_items_per_s": len(items) / local_s,
+                    "local_cold_items_per_s": len(items) / cold_s,
                     "per_job_items_per_s": len(few) / per_job_s,
                     "disagreements": disagree,
                 }
             )
             print(f"round {r + 1}: {rounds[-1]}", file=sys.stderr)
-    rates = ("docker_items_per_s", "local_items_per_s", "per_job_items_per_s")
+    rates = (
+        "docker_items_per_s",
+        "local_items_per_s",
+        "local_cold_items_per_s",
+        "per_job_items_per_s",
+    )
     med = {k: statistics.median(r[k] for r in rounds) for k in rates}
     sampled = rounds[0]["per_job_items"] < args.items
     report = {
@@ -144,6 +159,7 @@ def main() -> int:
         "load_average_after": os.getloadavg()[0],
         **med,
         "docker_over_local": med["docker_items_per_s"] / med["local_items_per_s"],
+        "docker_over_local_cold": med["docker_items_per_s"] / med["local_cold_items_per_s"],
         "docker_over_per_job": med["docker_items_per_s"] / med["per_job_items_per_s"],
         "rounds": rounds,
     }
@@ -162,11 +178,14 @@ def main() -> int:
         "| way | items/s | time for the items |\n| --- | --- | --- |\n"
         f"| docker backend (warm containers) | {med['docker_items_per_s']:.1f} | "
         f"{n / med['docker_items_per_s']:.1f} s |\n"
-        f"| local backend (bwrap) | {med['local_items_per_s']:.1f} | "
-        f"{n / med['local_items_per_s']:.1f} s |\n"
+        f"| local backend (bwrap, warm interpreters: the default) | "
+        f"{med['local_items_per_s']:.1f} | {n / med['local_items_per_s']:.1f} s |\n"
+        f"| local backend (bwrap, cold: a fresh interpreter per job) | "
+        f"{med['local_cold_items_per_s']:.1f} | {n / med['local_cold_items_per_s']:.1f} s |\n"
         f"| one container per job ({per_job_note}) | {med['per_job_items_per_s']:.1f} | "
         f"{n / med['per_job_items_per_s']:.1f} s{' (extrapolated)' if sampled else ''} |\n"
-        f"| docker / local | {report['docker_over_local']:.2f}x | |\n"
+        f"| docker / local (warm) | {report['docker_over_local']:.2f}x | |\n"
+        f"| docker / local (cold) | {report['docker_over_local_cold']:.2f}x | |\n"
         f"| docker / one container per job | {report['docker_over_per_job']:.1f}x | |\n"
         f"| items where the rewards differ | {sum(r['disagreements'] for r in rounds)} | |"
     )

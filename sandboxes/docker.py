@@ -289,12 +289,13 @@ class DockerSandbox:
     # -- containers ----------------------------------------------------------------------
 
     def _create(self, image: str, command: list[str]) -> Any:
+        """Create (not start) a runner container. Through the low-level API: a detached
+        `containers.run` leaves `StdinOnce` off, and then Docker keeps the runner's stdin open
+        after the service's attach connection goes, so a killed service's runners would live
+        on; with it on, the runner reads EOF and ends (Podman closes it either way)."""
+        api = self._client.api
         tmpfs = f"size={self.tmpfs_mb}m,mode=1777"
-        return self._client.containers.run(
-            image,
-            command,
-            detach=True,
-            stdin_open=True,
+        host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
             tmpfs={"/work": tmpfs, "/tmp": tmpfs, "/dev/shm": tmpfs},
@@ -304,14 +305,21 @@ class DockerSandbox:
             nano_cpus=int(self.cpus * 1e9),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            user=self.user,
             ipc_mode="private",
-            working_dir="/work",
-            labels={_LABEL: str(os.getpid())},
-            # The runner ends when its stdin closes, so a container outlives no service, even
-            # one that was killed before it could remove its containers.
+            # The runner ends when its stdin closes, so a container outlives no service.
             auto_remove=True,
         )
+        created = api.create_container(
+            image,
+            command,
+            stdin_open=True,
+            detach=False,  # sets StdinOnce (and attaches stdout/stderr): see above
+            user=self.user,
+            working_dir="/work",
+            labels={_LABEL: str(os.getpid())},
+            host_config=host_config,
+        )
+        return self._client.containers.get(created["Id"])
 
     async def _attach(self, container: Any) -> _Attached:
         def socket() -> tuple[Any, Any]:
@@ -329,10 +337,18 @@ class DockerSandbox:
     async def _start(self, key: Hashable) -> _Container:
         image = str(key)
         created = await asyncio.to_thread(self._create, image, ["python3", "-u", "-c", _RUNNER])
+        # Attached before it starts: no moment when a runner runs with nobody on its stdin
+        # (a service killed then would have left it running for good).
         try:
             attached = await self._attach(created)
+            try:
+                await asyncio.to_thread(created.start)
+            except BaseException:
+                attached.close()
+                raise
         except BaseException:
-            await asyncio.to_thread(created.remove, force=True)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(created.remove, force=True)
             raise
         worker = _Container(created, attached, image)
         self._live.add(worker)
