@@ -390,7 +390,9 @@ class DockerSandbox:
             raise SandboxUnavailable(reason)
         # The image's own toolchain paths stand for `ro_paths` (a package's data, as /var/lib/ghc).
         argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
-        image = self._image_for(*argvs, *([job.build.argv] if job.build else []))
+        argvs += [job.build.argv] if job.build else []
+        argvs += [(tool,) for tool in job.tools]  # a built program's toolchain
+        image = self._image_for(*argvs)
         async with self._pool.lease(image) as worker:
             files = job.files
             stop = wiped = False

@@ -153,3 +153,33 @@ async def test_language_in_its_image(engine_url: str, language: str, image: str)
         assert seen == expected, feedback
     finally:
         await sandbox.close()
+
+
+async def test_every_language_through_compose_default_images(engine_url: str) -> None:
+    """All of compose.yaml's images at once, in its order: each language's program reaches an
+    image that has its toolchain (the first whose PATH has every program its commands name)
+    and passes."""
+    wanted = list(images())
+    missing = [image for image in wanted if not _built(engine_url, image)]
+    if missing:
+        pytest.skip(f"not built here: {', '.join(missing)} (docs/containers.md)")
+    sandbox = DockerSandbox(wanted, base_url=engine_url, containers_per_image=1)
+    try:
+        assert await sandbox.check() is None
+        verifier = CodeVerifier()
+
+        async def judge(language: str) -> tuple[Status, str]:
+            spec = CodeSpec.model_validate(
+                {"language": language, "tests": SUM_TESTS, "time_limit_s": 10}
+            )
+            assert verifier.check(spec, sandbox) is None
+            verdict = await verifier.verify(PROGRAMS[language]["main"], spec, sandbox)
+            return verdict.status, verdict.feedback
+
+        languages_ = sorted(claims())
+        got = dict(zip(languages_, await asyncio.gather(*map(judge, languages_)), strict=True))
+        assert {name: status for name, (status, _) in got.items()} == dict.fromkeys(
+            languages_, Status.PASSED
+        ), got
+    finally:
+        await sandbox.close()
