@@ -372,6 +372,15 @@ class DockerSandbox:
         missing = sorted(needed - known) or sorted(needed)
         raise SandboxUnavailable(f"no configured image has all of {', '.join(missing)}")
 
+    def _image_for_many(self, job: MultiJob) -> str:
+        """The image for all the steps of `job`, and for the toolchain a built program came
+        from (`job.tools`). The image's own toolchain paths stand for `ro_paths` (a package's
+        data, as /var/lib/ghc)."""
+        argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
+        argvs += [job.build.argv] if job.build else []
+        argvs += [(tool,) for tool in job.tools]
+        return self._image_for(*argvs)
+
     # -- the Sandbox protocol ------------------------------------------------------------
 
     async def run(self, job: Job) -> RunResult:
@@ -388,11 +397,7 @@ class DockerSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
-        # The image's own toolchain paths stand for `ro_paths` (a package's data, as /var/lib/ghc).
-        argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
-        argvs += [job.build.argv] if job.build else []
-        argvs += [(tool,) for tool in job.tools]  # a built program's toolchain
-        image = self._image_for(*argvs)
+        image = self._image_for_many(job)
         async with self._pool.lease(image) as worker:
             files = job.files
             stop = wiped = False

@@ -183,3 +183,23 @@ async def test_every_language_through_compose_default_images(engine_url: str) ->
         ), got
     finally:
         await sandbox.close()
+
+
+@pytest.mark.parametrize("language", ["fortran", "d", "haskell", "c"])
+def test_a_built_program_runs_where_its_toolchain_is(language: str) -> None:
+    """The run job of a built program (`./main`, named by no toolchain program) goes to the
+    image of its compiler, whose runtime libraries it links (libgfortran, phobos, libgmp);
+    the first image would do for its commands alone. No engine needed: the images' programs
+    are given as the sandbox would list them."""
+    from assay.verifiers.builds import run_job
+    from assay.verifiers.compile_cache import Built
+    from assay.verifiers.programs import io_program
+
+    table = languages()[language]
+    sandbox = DockerSandbox(["first", "toolchain"])
+    base = {"python3", "sh", "chmod", "env"}
+    sandbox._tools = {"first": base, "toolchain": base | set(table.tools)}
+    program = io_program(table, PROGRAMS[language]["main"], build_memory_mb=512)
+    built = Built(files={"main": b"\x7fELF"}, executables=frozenset({"main"}))
+    job = run_job(program, built, [], program.run_argv(256))
+    assert sandbox._image_for_many(job) == "toolchain"
