@@ -162,7 +162,7 @@ def bwrap_args(
             args += ["--size", "4096", "--tmpfs", hidden, "--remount-ro", hidden]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         args += _symlink_or_bind(top)
-        args += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
+    args += ["--ro-bind", str(etc), "/etc", "--proc", "/proc", "--dev", "/dev"]
     # bwrap's /dev is a tmpfs of its own, with no size: shared memory gets a sized one and
     # the rest of /dev is read-only (its device nodes still work).
     shm = str(job.limits.file_mb << 20)

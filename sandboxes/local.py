@@ -161,6 +161,7 @@ class LocalSandbox:
         # Warm interpreters run the sandbox's own `python3`, so that programs run the same
         # warm and cold.
         self._warm: WarmPython | None = None
+        self._tools_found: set[str] = set()
         python = shutil.which("python3", path=SANDBOX_PATH)
         if warm_python > 0 and isolation == "bwrap" and self._bwrap and python:
             self._warm = WarmPython(
@@ -222,7 +223,14 @@ class LocalSandbox:
         return self._probe
 
     def has_tool(self, tool: str) -> bool:
-        return shutil.which(tool, path=SANDBOX_PATH) is not None
+        # Asked for every item: a tool found is remembered (a search of PATH costs more than
+        # a warm run's bookkeeping); one missing is looked for again, as it may be installed.
+        if tool in self._tools_found:
+            return True
+        found = shutil.which(tool, path=SANDBOX_PATH) is not None
+        if found:
+            self._tools_found.add(tool)
+        return found
 
     def facts(self) -> dict[str, Any]:
         return {

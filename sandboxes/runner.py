@@ -12,15 +12,24 @@ Two modes:
   a Python program run in a process forked from it, with no interpreter start. Its work dir
   is fresh and empty but for the program's files.
 
-Each run, the build included, is two processes. `init` is cloned from the runner into new pid,
-mount and IPC namespaces, where it is pid 1: it mounts a fresh /proc, /tmp, /dev/shm (and work
-dir), drops every capability, and forks the `program` (pid 2), which sets its rlimits,
+A `job` run, the build included, is two processes. `init` is cloned from the runner into new
+pid, mount and IPC namespaces, where it is pid 1: it mounts a fresh /proc, /tmp, /dev/shm (and
+work dir), drops every capability, and forks the `program` (pid 2), which sets its rlimits,
 no_new_privs and, for single-process runs, a seccomp filter that refuses fork, then execs the
-argv (job) or runs the code (warm). The program cannot see or signal the runner or anything
-outside its namespace; its files and mounts die with its mount namespace; when `init` exits (the
-program ended, or the runner killed `init` at the deadline) the kernel kills every process left
-in the namespace. `init` writes the program's wait status to a report pipe; the runner waits for
-`init` and takes the usage of the whole tree (CPU time, peak resident memory) from `wait4`.
+argv. The program cannot see or signal the runner or anything outside its namespace; its files
+and mounts die with its mount namespace; when `init` exits (the program ended, or the runner
+killed `init` at the deadline) the kernel kills every process left in the namespace. `init`
+writes the program's wait status to a report pipe; the runner waits for `init` and takes the
+usage of the whole tree (CPU time, peak resident memory) from `wait4`.
+
+A `warm` run is one process: the warm interpreter itself is pid 1 of pid, mount and IPC
+namespaces of its own (`_become_warm_init`), and forks each program straight into them. Before
+a program it mounts a fresh work dir, /tmp and /dev/shm over the last one's; the program makes
+an IPC namespace of its own, drops every capability and goes on as a job's program does; when
+it exits (or at the deadline) the interpreter kills every other process of the namespace. The
+interpreter is out of the programs' reach: not dumpable (no ptrace, and invisible in their
+/proc, mounted `hidepid=invisible`), and as its namespace's init it gets no signal from them.
+This halves a run's cost against the two processes and the mount namespace of a job's run.
 
 Framing, both ways: a 4-byte big-endian length, a JSON header of that length, then the binary
 blobs whose sizes the header lists under "blobs". Requests carry the runs' stdins (and, warm,
@@ -102,6 +111,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER = 4, 22, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SECCOMP_MODE_FILTER = 2
@@ -118,6 +128,7 @@ class _Kernel:
         self.raw: Any = ctypes.PyDLL(None, use_errno=True)
         self.libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
         self.libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        self.libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         self.raw.syscall.restype = ctypes.c_long
 
     def check(self, result: int, what: str) -> None:
@@ -164,6 +175,16 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         enc(source), target.encode(), enc(fstype), flags, enc(data or None)
     )
     kernel().check(result, f"mount {target}")
+
+
+def umount(target: str) -> None:
+    """Detach the mount at `target` (the one on top, when several are stacked there)."""
+    result = kernel().libc.umount2(target.encode(), MNT_DETACH)
+    kernel().check(result, f"umount {target}")
+
+
+def unshare(flags: int) -> None:
+    kernel().check(kernel().libc.unshare(flags), "unshare")
 
 
 def prctl(option: int, arg: int = 0, arg3: int = 0) -> None:
@@ -248,6 +269,15 @@ def _set_limits(spec: Spec) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
+def _write_files(files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+    for name, data in files:
+        fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, bytes(data))
+        finally:
+            os.close(fd)
+
+
 def _fresh_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) -> None:
     """In init's new mount namespace: its own /proc, /tmp, /dev/shm and, for runs, work dir."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -275,12 +305,7 @@ def _fresh_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) ->
             mount(source, target, None, MS_BIND | MS_REC)
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
         os.close(old)
-        for name, data in files:
-            fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, bytes(data))
-            finally:
-                os.close(fd)
+        _write_files(files)
     os.chdir(WORK_DIR)
 
 
@@ -369,29 +394,34 @@ def _init(
             os._exit(0)  # the kernel kills whatever is left in the namespace
 
 
-def run_step(
+class _Output:
+    """What a run's pipes carried, and how the run was cut short."""
+
+    def __init__(self) -> None:
+        self.out, self.err, self.report = bytearray(), bytearray(), bytearray()
+        self.timed_out = self.exceeded = self.killed = False
+
+
+def _pump(
     spec: Spec,
     stdin: bytes | bytearray,
-    seccomp: bytes,
-    files: Sequence[tuple[str, bytes | bytearray]],
-    body: Callable[[], None],
-) -> tuple[dict[str, Any], bytes, bytes]:
-    """Carry out one step; its result header, stdout and stderr."""
-    pipes = _Pipes()
-    started = time.monotonic()
-    init = clone_into_namespaces()
-    if init == 0:
-        try:
-            _init(spec, pipes, seccomp, files, body)
-        finally:
-            os._exit(1)
+    pipes: _Pipes,
+    started: float,
+    kill: Callable[[], None],
+    ended: tuple[int, Callable[[], None]] | None = None,
+) -> _Output:
+    """Feed the program its stdin and read its stdout, stderr and report pipe until they all
+    close, calling `kill` at the wall-clock deadline or when the output passes its cap.
+    `ended`: a pidfd of the program and what to do when it exits (end what it left behind)."""
     for fd in pipes.child_ends():
         os.close(fd)
     feed, out_fd, err_fd, report_fd = pipes.parent_ends()
-    out, err, report = bytearray(), bytearray(), bytearray()
+    got = _Output()
     sel = selectors.DefaultSelector()
     for fd in (out_fd, err_fd, report_fd):
         sel.register(fd, selectors.EVENT_READ)
+    if ended is not None:
+        sel.register(ended[0], selectors.EVENT_READ)
     view = memoryview(stdin)
     if view:
         os.set_blocking(feed, False)
@@ -399,26 +429,27 @@ def run_step(
     else:
         os.close(feed)
     deadline = started + spec.wall_s
-    timed_out = exceeded = killed = False
 
-    def kill() -> None:
-        nonlocal killed
-        if not killed:
-            killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init, signal.SIGKILL)
+    def stop() -> None:
+        if not got.killed:
+            got.killed = True
+            kill()
 
-    while sel.get_map():
+    while sel.get_map():  # a pipe is open, or the program has not ended
         left = deadline - time.monotonic()
         if left <= 0:
-            if killed:
+            if got.killed:
                 break  # pipes still open well after the kill: give up on them
-            timed_out = True
-            kill()
+            got.timed_out = True
+            stop()
             deadline = time.monotonic() + _DRAIN_S
             continue
         for key, _ in sel.select(left):
             fd = int(key.fd)
+            if ended is not None and fd == ended[0]:
+                sel.unregister(fd)  # the program ended: nothing it started outlives it
+                ended[1]()
+                continue
             if fd == feed:
                 try:
                     view = view[os.write(fd, view[:_CHUNK]) :]
@@ -436,24 +467,28 @@ def run_step(
                 os.close(fd)
                 continue
             if fd == report_fd:
-                report += chunk
+                got.report += chunk
                 continue
-            buf = out if fd == out_fd else err
+            buf = got.out if fd == out_fd else got.err
             room = spec.output_bytes - len(buf)
             if len(chunk) > room:
                 buf += chunk[: max(room, 0)]
-                exceeded = True
-                kill()
+                got.exceeded = True
+                stop()
             else:
                 buf += chunk
     for key in list(sel.get_map().values()):
-        os.close(int(key.fd))
+        if ended is None or int(key.fd) != ended[0]:
+            os.close(int(key.fd))
     sel.close()
-    if b"S " not in report:  # the pipes closed, yet init has not said how the program ended
-        kill()
-    _, _, usage = os.wait4(init, 0)
-    ended = time.monotonic()
-    elapsed = ended - started
+    return got
+
+
+def _result(
+    spec: Spec, got: _Output, elapsed: float, usage: Any, status: int | None
+) -> dict[str, Any]:
+    """A step's result header: `status` is the program's wait status, None if it never ended
+    on its own (killed with its namespace)."""
     cpu = usage.ru_utime + usage.ru_stime
     result: dict[str, Any] = {
         "exit": None,
@@ -461,34 +496,67 @@ def run_step(
         "wall_s": elapsed,
         "cpu_s": cpu,
         "memory_kb": usage.ru_maxrss,
-        "timed_out": timed_out,
+        "timed_out": got.timed_out,
         "cpu_timed_out": False,
-        "output_exceeded": exceeded,
+        "output_exceeded": got.exceeded,
         "file_exceeded": False,
     }
-    lines = report.decode(errors="replace").splitlines()
+    lines = got.report.decode(errors="replace").splitlines()
     errors = [line[2:] for line in lines if line.startswith("E ")]
-    statuses = [int(line[2:]) for line in lines if line.startswith("S ")]
     if errors:
         result["error"] = errors[0]
-    marks = {line[0]: float(line[2:]) for line in lines if line[:2] in ("T ", "U ")}
-    if len(marks) == 2:  # where the time went: namespaces and mounts, and their teardown
-        result["setup_s"] = marks["T"] - started
-        result["teardown_s"] = ended - marks["U"]
-    if statuses:
-        code = os.waitstatus_to_exitcode(statuses[0])
+    if status is not None:
+        code = os.waitstatus_to_exitcode(status)
         if code < 0:
             result["signal"] = -code
         else:
             result["exit"] = code
-    else:  # killed before it ended
+    else:
         result["signal"] = signal.SIGKILL
     sig = result["signal"]
     over_cpu = sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= spec.cpu_rlimit)
-    if over_cpu or (cpu > spec.cpu_s and not timed_out):
+    if over_cpu or (cpu > spec.cpu_s and not got.timed_out):
         result["cpu_timed_out"] = True
     result["file_exceeded"] = sig == signal.SIGXFSZ
-    return result, bytes(out), bytes(err)
+    return result
+
+
+def run_step(
+    spec: Spec,
+    stdin: bytes | bytearray,
+    seccomp: bytes,
+    files: Sequence[tuple[str, bytes | bytearray]],
+    body: Callable[[], None],
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """Carry out one step in namespaces of its own (`init`, then the program); its result
+    header, stdout and stderr."""
+    pipes = _Pipes()
+    started = time.monotonic()
+    init = clone_into_namespaces()
+    if init == 0:
+        try:
+            _init(spec, pipes, seccomp, files, body)
+        finally:
+            os._exit(1)
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init, signal.SIGKILL)
+
+    got = _pump(spec, stdin, pipes, started, kill)
+    if b"S " not in got.report:  # the pipes closed, yet init has not said how the program ended
+        got.killed = True
+        kill()
+    _, _, usage = os.wait4(init, 0)
+    ended = time.monotonic()
+    lines = got.report.decode(errors="replace").splitlines()
+    statuses = [int(line[2:]) for line in lines if line.startswith("S ")]
+    result = _result(spec, got, ended - started, usage, statuses[0] if statuses else None)
+    marks = {line[0]: float(line[2:]) for line in lines if line[:2] in ("T ", "U ")}
+    if len(marks) == 2:  # where the time went: namespaces and mounts, and their teardown
+        result["setup_s"] = marks["T"] - started
+        result["teardown_s"] = ended - marks["U"]
+    return result, bytes(got.out), bytes(got.err)
 
 
 # -- job mode -----------------------------------------------------------------------------------
@@ -626,6 +694,110 @@ def _finish(code: int, atexit: Any) -> int:
     return code
 
 
+def _become_warm_init(ctl_in: int, ctl_out: int) -> None:
+    """Go on as pid 1 of new pid, mount and IPC namespaces, the one process of them that
+    outlives a program; the process that called this waits for it and ends with it.
+
+    Programs are forked from this process straight into its pid namespace, where it is
+    invisible and out of their reach: it is not dumpable, so neither ptrace nor /proc (mounted
+    `hidepid=invisible`) gives a program anything of it, and as its namespace's init it gets
+    no signal from inside for which it has no handler (it has none). Before each program it
+    mounts a fresh work dir, /tmp and /dev/shm over the last one's; after each it kills every
+    other process of the namespace. One fork a program, where a namespace of its own costs two
+    (init and the program) and a mount namespace to build and tear down."""
+    server = clone_into_namespaces()
+    if server != 0:
+        for fd in (ctl_in, ctl_out):
+            os.close(fd)
+        while True:
+            try:
+                _, status = os.waitpid(server, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(max(os.waitstatus_to_exitcode(status), 0) & 0xFF)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
+    prctl(PR_SET_DUMPABLE, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # no handler: a program's SIGINT is ignored
+    os.chdir("/")
+
+
+_warm_mounts: list[str] = []  # the mounts this process made over bwrap's, newest last
+
+
+def _fresh_warm_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+    """A fresh work dir holding `files`, /tmp and /dev/shm, over the last program's."""
+    while _warm_mounts:
+        umount(_warm_mounts.pop())
+    size = 2 * spec.file_mb << 20
+    flags = MS_NOSUID | MS_NODEV
+    for target, room, mode in (
+        ("/tmp", size, "1777"),
+        ("/dev/shm", spec.file_mb << 20, "1777"),
+        (WORK_DIR, size, "0755"),
+    ):
+        mount("tmpfs", target, "tmpfs", flags, f"size={room},mode={mode}")
+        _warm_mounts.append(target)
+    _write_files(files)
+
+
+def _end_the_rest() -> None:
+    """Kill every process of the namespace but this one (init)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+
+
+def _reap_all() -> None:
+    _end_the_rest()
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def run_warm_step(
+    spec: Spec,
+    stdin: bytes | bytearray,
+    seccomp: bytes,
+    files: Sequence[tuple[str, bytes | bytearray]],
+    body: Callable[[], None],
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """One program forked from this warm init (see `_become_warm_init`): its own work dir,
+    /tmp, /dev/shm and IPC namespace; its result header, stdout and stderr."""
+    _fresh_warm_mounts(spec, files)
+    pipes = _Pipes()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            unshare(CLONE_NEWIPC)  # message queues and the like die with the program
+            drop_capabilities()
+            os.chdir(WORK_DIR)
+        except BaseException as exc:
+            os.write(pipes.report[1], f"E the run's set-up failed: {exc!r}\n".encode())
+            os._exit(127)
+        _program(spec, pipes, seccomp, body)
+    pidfd = os.pidfd_open(pid)
+    try:
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _end_the_rest()
+
+        got = _pump(spec, stdin, pipes, started, kill, ended=(pidfd, _end_the_rest))
+    finally:
+        os.close(pidfd)
+    _, status, usage = os.wait4(pid, 0)
+    _reap_all()
+    result = _result(spec, got, time.monotonic() - started, usage, status)
+    return result, bytes(got.out), bytes(got.err)
+
+
 def serve_warm(ctl_in: int, ctl_out: int) -> None:
     """Requests until the input ends: {"source": FILE | null, "files": [names], "steps": [...]}
     with blobs: the no-fork filter, the files, then one stdin per step. A result frame per
@@ -633,6 +805,7 @@ def serve_warm(ctl_in: int, ctl_out: int) -> None:
     import gc
     import importlib
 
+    _become_warm_init(ctl_in, ctl_out)
     for name in WARM_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -649,7 +822,7 @@ def serve_warm(ctl_in: int, ctl_out: int) -> None:
         last = len(header["steps"]) - 1
         for index, raw in enumerate(header["steps"]):
             spec = Spec(raw)
-            result, out, err = run_step(
+            result, out, err = run_warm_step(
                 spec, stdins[index], seccomp if spec.processes == 1 else b"", files, body
             )
             result["kind"] = "run"

@@ -2,14 +2,15 @@
 
 Each worker is a bubblewrap sandbox (its own uid and memory cgroup where the host allows, as a
 job's) running `runner.py` in `warm` mode: an interpreter that has imported what programs
-import most and waits for requests. A request is one item's program and its runs; each run is
-a process forked from the interpreter into its own pid, mount and IPC namespaces (see
-`runner.py`), so it starts in about the time of a fork instead of a sandbox start plus an
-interpreter start, with the isolation of a job: its own empty work dir, /tmp and /dev/shm, its
-own processes (it cannot see or signal the interpreter, earlier programs or the service), no
-capabilities, no_new_privs, the seccomp filter, rlimits, the whole namespace killed at its
-deadline. Nothing a program does reaches the interpreter: it runs in a copy (fork), and the
-interpreter only reads its pipes.
+import most, made itself pid 1 of pid, mount and IPC namespaces of its own, and waits for
+requests. A request is one item's program and its runs; each run is a process forked from the
+interpreter (see `runner.py`), so it starts in about the time of a fork instead of a sandbox
+start plus an interpreter start, with the isolation of a job: its own empty work dir, /tmp and
+/dev/shm (fresh mounts over the last program's), its own IPC namespace, no view of the
+interpreter or of earlier programs (all killed when it ends), no capabilities, no_new_privs,
+the seccomp filter, rlimits, everything it started killed at its end or deadline. Nothing a
+program does reaches the interpreter: it runs in a copy (fork), the interpreter is not
+dumpable and, as its namespace's init, takes no signal from it, and only reads its pipes.
 
 Workers live in a `WorkerPool`: one lent per item; a worker whose request failed (the runner
 crashed, overran the request's deadline, sent something unexpected, or the request was
@@ -42,6 +43,7 @@ class WarmWorker:
     def __init__(self, tool: Any) -> None:
         self.tool = tool
         self.programs = 0
+        self.oom_kills = 0  # the worker's memory cgroup's count, when last read
 
     @property
     def alive(self) -> bool:
@@ -139,15 +141,17 @@ class WarmPython:
                 await tool.stdin.drain()
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise SandboxError(f"a warm Python worker is gone: {exc!r}") from exc
-            oom_seen = tool.oom_kills()
             last = len(job.runs) - 1
             for index, run in enumerate(job.runs):
                 budget = run.limits.wall_s + steps.STEP_SLACK_S + steps.START_SLACK_S
                 frame = await self._next(tool, budget)
-                kills = tool.oom_kills()
                 result = steps.step_result(*frame, oom_killed=False)
-                result = tool.with_pressure(result, kills > oom_seen)
-                oom_seen = kills
+                # The memory killer kills with SIGKILL: a single-process run that ended any
+                # other way met none (its cgroup file is not read, a cost on every run).
+                if result.signal is not None or run.limits.processes > 1:
+                    kills = tool.oom_kills()
+                    result = tool.with_pressure(result, kills > worker.oom_kills)
+                    worker.oom_kills = kills
                 stop = False
                 try:
                     yield StepResult("run", index, result)

@@ -172,11 +172,15 @@ HOSTILE = [
         b"refused refused refused refused open refused\n",
     ),
     Hostile(
-        # Each child stays under its own address-space limit; together they are 5 x 200 MB.
+        # Each child stays under its own address-space limit; together they are 5 x 200 MB,
+        # all held at once (each waits for the others, however slowly the machine forks).
         "forks_to_multiply_its_memory",
-        "import os, sys, time\nkids = []\nfor _ in range(5):\n    pid = os.fork()\n"
-        "    if pid == 0:\n        block = bytearray(200 << 20)\n        time.sleep(0.5)\n"
+        "import os, sys\nready_r, ready_w = os.pipe()\ngo_r, go_w = os.pipe()\nkids = []\n"
+        "for _ in range(5):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        os.close(ready_r)\n        os.close(go_w)\n        block = bytearray(200 << 20)\n"
+        "        os.write(ready_w, b'x')\n        os.close(ready_w)\n        os.read(go_r, 1)\n"
         "        os._exit(0)\n    kids.append(pid)\n"
+        "os.close(ready_w)\nwhile os.read(ready_r, 5):\n    pass\nos.close(go_w)\n"
         "codes = [os.waitpid(k, 0)[1] for k in kids]\nprint(codes)\n"
         "sys.exit(1 if any(codes) else 0)\n",
         Status.MEMORY_LIMIT,
@@ -393,13 +397,14 @@ def _uids_running(base: int, count: int) -> list[str]:
 
 async def _only_the_worker_left(sandbox: LocalSandbox, grace_s: float = 3.0) -> bool:
     """A warm sandbox's uids run its idle workers' sandboxes and interpreters, nothing else:
-    for each worker, bwrap (twice: its monitor and its namespace's pid 1) and the runner."""
+    for each worker, bwrap (twice: its monitor and its namespace's pid 1), the runner and the
+    warm init it forks (pid 1 of the namespaces the programs run in)."""
     assert sandbox._warm is not None
     pool = sandbox._warm.pool
     deadline = time.monotonic() + grace_s
     while True:
         left = _uids_running(UID_BASE, UID_COUNT)
-        if len(left) == 3 * pool.live and pool.idle(_warm_key()) == pool.live:
+        if len(left) == 4 * pool.live and pool.idle(_warm_key()) == pool.live:
             return True
         if time.monotonic() > deadline:
             print(left)

@@ -75,10 +75,10 @@ LEAKS = [
         "subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
         "subprocess.Popen(['python3', '-c', 'import os, time\\nos.fork()\\ntime.sleep(60)'])\n"
         "time.sleep(0.2)\n",
-        "import os, threading\n"
-        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), "
+        "import os, threading\n"  # no process but itself: not the warm init, nothing left
+        "print([p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()], "
         "threading.active_count())\n",
-        b"[1, 2] 1\n",
+        b"[] 1\n",
     ),
     Leak(
         "cwd_env_and_umask",
@@ -102,10 +102,18 @@ LEAKS = [
     Leak(
         "signals_its_parent_and_everyone",
         "import os, signal\nfor pid, sig in [(os.getppid(), signal.SIGKILL), (1, signal.SIGTERM),"
-        " (-1, signal.SIGKILL)]:\n    try:\n        os.kill(pid, sig)\n    except OSError:\n"
-        "        pass\nprint('alive')\n",
+        " (1, signal.SIGINT), (1, signal.SIGSTOP), (-1, signal.SIGKILL)]:\n"
+        "    try:\n        os.kill(pid, sig)\n    except OSError:\n        pass\nprint('alive')\n",
         "print('next')\n",
         b"next\n",
+    ),
+    Leak(
+        "posix_message_queue",  # an IPC namespace a program: its queues die with it
+        "import ctypes, os\nrt = ctypes.CDLL('librt.so.1')\n"
+        "print(rt.mq_open(b'/left', os.O_CREAT | os.O_RDWR, 0o600, None))\n",
+        "import ctypes, os\nrt = ctypes.CDLL('librt.so.1')\n"
+        "print(rt.mq_open(b'/left', os.O_RDWR) < 0)\n",
+        b"True\n",
     ),
     Leak(
         "signal_handlers_and_alarm",
@@ -139,6 +147,30 @@ async def test_a_crashing_program_leaves_the_worker_well(warm: LocalSandbox) -> 
     assert [(r.exit_code, r.signal) for r in codes] == [(None, 11), (3, None), (None, 6), (1, None)]
     assert codes[3].stderr == b"bye\n"
     assert (await _run(warm, "print(7)")).stdout == b"7\n"
+    assert _started(warm) == 1
+
+
+async def test_the_warm_init_is_out_of_reach(warm: LocalSandbox) -> None:
+    """Programs run in the warm init's pid namespace: they cannot see it in /proc, trace it,
+    or stop or kill it (it is the namespace's init, with no signal handler)."""
+    code = (
+        "import ctypes, os, signal\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(os.path.exists('/proc/1'), os.getppid(), libc.ptrace(16, 1, None, None))\n"
+        "for sig in (signal.SIGSTOP, signal.SIGKILL):\n    os.kill(1, sig)\n"
+    )
+    run = await _run(warm, code)
+    assert run.stdout == b"False 1 -1\n", run
+    assert (await _run(warm, "print(7)")).stdout == b"7\n"
+    assert _started(warm) == 1
+
+
+async def test_a_program_ends_when_it_exits_whatever_it_left_running(warm: LocalSandbox) -> None:
+    """A child that outlives the program, holding its stdout, is killed when the program
+    exits: the run ends then, as it does cold (where the run's namespace dies with it)."""
+    code = "import subprocess\nsubprocess.Popen(['sleep', '30'])\nprint('done')\n"
+    job = Job(argv=("python3", "-I", "-B", "main.py"), files={"main.py": code}, limits=LIMITS)
+    run = await warm.run(job)
+    assert (run.exit_code, run.stdout, run.timed_out) == (0, b"done\n", False), run
     assert _started(warm) == 1
 
 
@@ -189,6 +221,7 @@ IO_PROGRAMS = {
     "exits_2": "import sys\nsys.exit(2)\n",
     "exit_message": "raise SystemExit('no')\n",
     "sleeps": "import time\ntime.sleep(10)\n",
+    "closes_its_output_and_sleeps": "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(10)\n",
     "spins": "while True:\n    pass\n",
     "allocates": "x = bytearray(1 << 40)\n",
     "floods": "while True:\n    print('x' * 1000)\n",
