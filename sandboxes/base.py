@@ -129,6 +129,11 @@ class MultiJob:
     build: Build | None = None
     ro_paths: tuple[str, ...] = ()
     """Host paths bound read-only at the same place (a toolchain's files outside /usr)."""
+    tools: tuple[str, ...] = ()
+    """Programs of the toolchain the job belongs with, beyond those its commands name: a
+    compiled program's `./main` needs its compiler's runtime libraries (libgfortran, D's
+    phobos). The docker backend sends the job to an image that has them; the local backend,
+    one system for all, has nothing to choose."""
 
 
 @dataclass(frozen=True, slots=True)

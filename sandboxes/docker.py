@@ -320,12 +320,13 @@ class DockerSandbox:
     # -- containers ----------------------------------------------------------------------
 
     def _create(self, image: str, command: list[str]) -> Any:
+        """Create (not start) a runner container. Through the low-level API: a detached
+        `containers.run` leaves `StdinOnce` off, and then Docker keeps the runner's stdin open
+        after the service's attach connection goes, so a killed service's runners would live
+        on; with it on, the runner reads EOF and ends (Podman closes it either way)."""
+        api = self._client.api
         tmpfs = f"size={self.tmpfs_mb}m,mode=1777"
-        return self._client.containers.run(
-            image,
-            command,
-            detach=True,
-            stdin_open=True,
+        host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
             # /var/tmp: sized, and the same on every engine (Podman mounts an unsized one).
@@ -336,14 +337,21 @@ class DockerSandbox:
             nano_cpus=int(self.cpus * 1e9),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            user=self.user,
             ipc_mode="private",
-            working_dir="/work",
-            labels={_LABEL: str(os.getpid())},
-            # The runner ends when its stdin closes, so a container outlives no service, even
-            # one that was killed before it could remove its containers.
+            # The runner ends when its stdin closes, so a container outlives no service.
             auto_remove=True,
         )
+        created = api.create_container(
+            image,
+            command,
+            stdin_open=True,
+            detach=False,  # sets StdinOnce (and attaches stdout/stderr): see above
+            user=self.user,
+            working_dir="/work",
+            labels={_LABEL: str(os.getpid())},
+            host_config=host_config,
+        )
+        return self._client.containers.get(created["Id"])
 
     async def _attach(self, container: Any) -> _Attached:
         def socket() -> tuple[Any, Any]:
@@ -361,10 +369,18 @@ class DockerSandbox:
     async def _start(self, key: Hashable) -> _Container:
         image = str(key)
         created = await asyncio.to_thread(self._create, image, ["python3", "-u", "-c", _RUNNER])
+        # Attached before it starts: no moment when a runner runs with nobody on its stdin
+        # (a service killed then would have left it running for good).
         try:
             attached = await self._attach(created)
+            try:
+                await asyncio.to_thread(created.start)
+            except BaseException:
+                attached.close()
+                raise
         except BaseException:
-            await asyncio.to_thread(created.remove, force=True)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(created.remove, force=True)
             raise
         worker = _Container(created, attached, image)
         self._live.add(worker)
@@ -388,6 +404,15 @@ class DockerSandbox:
         missing = sorted(needed - known) or sorted(needed)
         raise SandboxUnavailable(f"no configured image has all of {', '.join(missing)}")
 
+    def _image_for_many(self, job: MultiJob) -> str:
+        """The image for all the steps of `job`, and for the toolchain a built program came
+        from (`job.tools`). The image's own toolchain paths stand for `ro_paths` (a package's
+        data, as /var/lib/ghc)."""
+        argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
+        argvs += [job.build.argv] if job.build else []
+        argvs += [(tool,) for tool in job.tools]
+        return self._image_for(*argvs)
+
     # -- the Sandbox protocol ------------------------------------------------------------
 
     async def run(self, job: Job) -> RunResult:
@@ -404,12 +429,10 @@ class DockerSandbox:
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
-        # The image's own toolchain paths stand for `ro_paths` (a package's data, as /var/lib/ghc).
-        argvs = [job.argv, *(run.argv for run in job.runs if run.argv)]
-        image = self._image_for(*argvs, *([job.build.argv] if job.build else []))
+        image = self._image_for_many(job)
         async with self._pool.lease(image) as worker:
             files = job.files
-            stop = False
+            stop = wiped = False
             try:
                 if job.build is not None:
                     build = Job(argv=job.build.argv, files=files, limits=job.build.limits)
@@ -426,14 +449,18 @@ class DockerSandbox:
                     step = Job(
                         argv=run.argv or job.argv, files=files, stdin=run.stdin, limits=run.limits
                     )
-                    result = await worker.run(step, keep="before")
+                    # The last run ends the item: the runner empties everything after it,
+                    # as a wipe would, and the item costs one round trip less.
+                    last = index == len(job.runs) - 1
+                    result = await worker.run(step, keep=None if last else "before")
+                    wiped = last
                     files = {}
                     try:
                         yield StepResult("run", index, result)
                     except GeneratorExit:  # the caller stopped: the container stays good
                         stop = True
             finally:
-                if worker.clean:
+                if worker.clean and not wiped:
                     await asyncio.shield(worker.wipe())
 
     async def spawn(self, spec: ToolSpec) -> ToolProcess:

@@ -130,13 +130,16 @@ def run_job(
     """The one sandbox start for a program's runs: from its artefacts if it was built, else
     from its source; `extra_files` beside them (a checker's test files)."""
     ro_paths = program.language.ro_paths
+    tools = program.language.tools  # a built `./main` runs where its runtime libraries are
     if built is None:
         files: dict[str, str | bytes] = {**program.files, **(extra_files or {})}
-        return MultiJob(argv=argv, runs=tuple(runs), files=files, ro_paths=ro_paths)
+        return MultiJob(argv=argv, runs=tuple(runs), files=files, ro_paths=ro_paths, tools=tools)
     # Files come into the sandbox without their modes: a first step makes binaries runnable.
     step = None
     if built.executables:
         names = sorted(built.executables)
         step = Build(argv=("chmod", "+x", "--", *names), limits=Limits(wall_s=10.0, memory_mb=64))
     files = {**built.files, **(extra_files or {})}
-    return MultiJob(argv=argv, runs=tuple(runs), files=files, build=step, ro_paths=ro_paths)
+    return MultiJob(
+        argv=argv, runs=tuple(runs), files=files, build=step, ro_paths=ro_paths, tools=tools
+    )

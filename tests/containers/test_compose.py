@@ -1,8 +1,20 @@
 """compose.yaml brought up for real with a compose tool against the engine: the service and
-its language containers score a mixed batch over HTTP, then everything comes down."""
+its language containers score a mixed batch over HTTP, then everything comes down.
+
+CI builds only what this test needs: the service, PostgreSQL, the Python image and a C-only
+build of the native image (an override file gives lang-native just gcc, and every image a tag
+of this checkout's own, so that runs from two checkouts on one engine never swap images).
+The batch holds an item of each kind the docker backend serves: I/O tests, test code, the
+isolated `entry_point` mode, a checker, a compiled language (C), and what it does not serve
+yet (sql: unavailable, with the reason). About 3 minutes from cold (no image built, the base
+image local), under a minute warm (docs/containers.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -18,6 +30,27 @@ from tests.containers.engine import ROOT, base_image, engine
 pytest.importorskip("docker")
 COMPOSE = shutil.which("docker-compose") or shutil.which("podman-compose")
 PROJECT = f"assaysmoke{os.getpid()}"
+TAG = "smoke-" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
+# The services this test builds, and the tag each gets here.
+IMAGES = {
+    "assay": f"assay/service:{TAG}",
+    "postgres": f"assay/postgres:{TAG}",
+    "lang-python": f"assay/python:{TAG}",
+    "lang-native": f"assay/native:{TAG}",
+}
+OVERRIDE = f"""services:
+  assay:
+    image: {IMAGES["assay"]}
+  postgres:
+    image: {IMAGES["postgres"]}
+  lang-python:
+    image: {IMAGES["lang-python"]}
+  lang-native:
+    image: {IMAGES["lang-native"]}
+    build:
+      args:
+        PACKAGES: gcc libc6-dev
+"""
 
 
 def _free_port() -> int:
@@ -33,12 +66,54 @@ def _extra_ca() -> str:
     return "\n".join(p.read_text() for p in sorted(folder.glob("*.crt"))) if folder.is_dir() else ""
 
 
-def _containers(url: str, label: str) -> list[str]:
+def _containers(url: str, filters: dict[str, str]) -> list[str]:
     import docker
 
     client = docker.DockerClient(base_url=url, timeout=60)
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"label": label})]
+        return [c.name for c in client.containers.list(all=True, filters=filters)]
+    finally:
+        client.close()
+
+
+def _volumes(url: str) -> list[str]:
+    import docker
+
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        found = client.volumes.list(filters={"label": f"com.docker.compose.project={PROJECT}"})
+        return [v.name for v in found if v.name.startswith(PROJECT)]
+    finally:
+        client.close()
+
+
+def _image_ids(url: str) -> dict[str, str]:
+    import docker
+
+    client = docker.DockerClient(base_url=url, timeout=60)
+    ids = {}
+    try:
+        for image in IMAGES.values():
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                ids[image] = client.images.get(image).id
+    finally:
+        client.close()
+    return ids
+
+
+def _drop_replaced(url: str, before: dict[str, str]) -> None:
+    """The images this checkout's earlier runs built and this run's build replaced: nothing
+    else points at them any more."""
+    import docker
+
+    after = _image_ids(url)
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        for image, old in before.items():
+            if after.get(image) not in (None, old):
+                # One still used (by a container of another run) is left.
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(old)
     finally:
         client.close()
 
@@ -98,16 +173,75 @@ ITEMS = [
         "spec": {"language": "cobol", "tests": [{"stdin": "", "expected_stdout": "x"}]},
     },
 ]
+C_ADD = (
+    "#include <stdio.h>\n"
+    'int main(void) { long a, b; scanf("%ld %ld", &a, &b); printf("%ld\\n", a + b); }\n'
+)
+CHECKER = (
+    "import sys\n"
+    "got, answer = open(sys.argv[2]).read().split(), open(sys.argv[3]).read().split()\n"
+    "sys.exit(0 if [int(x) for x in got] == [int(x) for x in answer] else 1)\n"
+)
+ITEMS += [
+    {
+        "id": "entry-point",
+        "verifier": "code",
+        "completion": "def add(a, b):\n    return a + b\n",
+        "spec": {
+            "language": "python",
+            "test_code": "assert add(2, 3) == 5\n",
+            "entry_point": "add",
+        },
+    },
+    {
+        "id": "checker",
+        "verifier": "code",
+        "completion": "print(int(input()) * 2)\n",
+        "spec": {
+            "language": "python",
+            "tests": [{"stdin": "3\n", "expected_stdout": "006\n"}],
+            "checker": {"language": "python", "source": CHECKER},
+        },
+    },
+    {
+        "id": "c-right",
+        "verifier": "code",
+        "completion": f"```c\n{C_ADD}```",
+        "spec": {"language": "c", "tests": [{"stdin": "1 2\n", "expected_stdout": "3\n"}]},
+    },
+    {
+        "id": "c-broken",
+        "verifier": "code",
+        "completion": "int main(void) { return 0 }",
+        "spec": {"language": "c", "tests": [{"stdin": "", "expected_stdout": ""}]},
+    },
+    # The sql verifier's database workers are warm tools that the docker backend cannot start
+    # yet (they read host paths): unavailable, saying why, and the batch goes on.
+    {
+        "id": "sql",
+        "verifier": "sql",
+        "completion": "SELECT x FROM t",
+        "spec": {
+            "setup_sql": "CREATE TABLE t (x INT); INSERT INTO t VALUES (1);",
+            "gold_sql": "SELECT 1",
+        },
+    },
+]
 EXPECTED = {
     "right": ("passed", 1.0),
     "wrong": ("failed", 0.0),
     "asserts": ("passed", 1.0),
     "loops": ("timeout", 0.0),
     "no-such": ("unavailable", None),
+    "entry-point": ("passed", 1.0),
+    "checker": ("passed", 1.0),
+    "c-right": ("passed", 1.0),
+    "c-broken": ("compile_error", 0.0),
+    "sql": ("unavailable", None),
 }
 
 
-def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
+def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing(tmp_path: Path) -> None:
     if COMPOSE is None:
         pytest.skip("no compose tool (scripts/install test installs docker-compose)")
     with engine() as engine_url:
@@ -121,33 +255,50 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
             "BASE_IMAGE": base_image(engine_url),
             "EXTRA_CA_CERT": _extra_ca(),
             "ASSAY_PORT": str(port),
-            # CI builds only what this test uses: the service, Python's image, PostgreSQL.
-            "ASSAY_DOCKER_IMAGES": '["assay/python"]',
+            "ASSAY_DOCKER_IMAGES": json.dumps([IMAGES["lang-python"], IMAGES["lang-native"]]),
             "ASSAY_DOCKER_CONTAINERS_PER_IMAGE": "2",
         }
-        base = [COMPOSE, "-p", PROJECT, "-f", str(ROOT / "compose.yaml")]
+        override = tmp_path / "compose.override.yaml"
+        override.write_text(OVERRIDE)
+        base = [COMPOSE, "-p", PROJECT, "-f", str(ROOT / "compose.yaml"), "-f", str(override)]
         url = f"http://127.0.0.1:{port}"
+        before = _image_ids(engine_url)
+        phases: dict[str, float] = {}
+        clock = time.monotonic()
+
+        def phase(name: str) -> None:  # where the time goes, for the log (-s); no assertion
+            nonlocal clock
+            phases[name] = round(time.monotonic() - clock, 1)
+            clock = time.monotonic()
+
         try:
             built = subprocess.run(
-                [*base, "build", "assay", "postgres", "lang-python"],
+                [*base, "build", *IMAGES],
                 env=env,
                 capture_output=True,
                 text=True,
                 timeout=900,
             )
             assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+            _drop_replaced(engine_url, before)
+            phase("build")
             up = subprocess.run(
                 [*base, "up", "-d", "assay"], env=env, capture_output=True, text=True, timeout=300
             )
             assert up.returncode == 0, up.stderr[-3000:]
+            phase("up")
             _wait_ready(url)
-            answer = httpx.post(f"{url}/v1/score", json={"items": ITEMS}, timeout=120)
+            phase("ready")
+            answer = httpx.post(f"{url}/v1/score", json={"items": ITEMS}, timeout=300)
             assert answer.status_code == 200, answer.text
-            got = {r["id"]: (r["status"], r["reward"]) for r in answer.json()["results"]}
-            assert got == EXPECTED
+            results = answer.json()["results"]
+            got = {r["id"]: (r["status"], r["reward"]) for r in results}
+            phase("score")
+            assert got == EXPECTED, {r["id"]: r["feedback"] for r in results}
             facts = httpx.get(f"{url}/v1/verifiers", timeout=30).json()["sandbox"]
             assert facts["backend"] == "docker"
-            assert _containers(engine_url, "io.assay.sandbox")  # warm language containers
+            assert facts["images"] == {IMAGES["lang-python"]: True, IMAGES["lang-native"]: True}
+            assert _sandboxes(engine_url)  # the warm language containers of this stack
         finally:
             down = subprocess.run(
                 [*base, "down", "-v", "--timeout", "30"],
@@ -156,7 +307,24 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
                 text=True,
                 timeout=300,
             )
+        phase("down")
+        print(f"compose smoke test, seconds per phase: {phases}")
         assert down.returncode == 0, down.stderr[-3000:]
-        # Nothing of the stack is left: neither compose's containers nor the service's own.
-        assert _containers(engine_url, f"com.docker.compose.project={PROJECT}") == []
-        assert _containers(engine_url, "io.assay.sandbox") == []
+        # Nothing of the stack is left: compose's containers and volume, the service's own.
+        assert _containers(engine_url, {"label": f"com.docker.compose.project={PROJECT}"}) == []
+        assert _sandboxes(engine_url) == []
+        assert _volumes(engine_url) == []
+
+
+def _sandboxes(url: str) -> list[str]:
+    """The language containers of this checkout's images (others' tests may run beside)."""
+    import docker
+
+    ids = _image_ids(url)
+    ours = {ids[IMAGES[s]] for s in ("lang-python", "lang-native") if IMAGES[s] in ids}
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        found = client.containers.list(all=True, filters={"label": "io.assay.sandbox"})
+        return [c.name for c in found if c.attrs.get("Image") in ours]
+    finally:
+        client.close()
