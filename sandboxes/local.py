@@ -224,6 +224,9 @@ class LocalSandbox:
     def has_tool(self, tool: str) -> bool:
         return shutil.which(tool, path=SANDBOX_PATH) is not None
 
+    def tool_reason(self, tool: str) -> str | None:
+        return self.unavailable_reason()
+
     def facts(self) -> dict[str, Any]:
         return {
             "backend": self.name,
@@ -486,7 +489,7 @@ class LocalSandbox:
                     job,
                     files,
                     extra,
-                    ro_paths=spec.ro_paths,
+                    ro_paths=spec.ro_paths + spec.data,
                     env=spec.env,
                     runner=runner_mode is not None,
                 )
