@@ -98,7 +98,29 @@ ITEMS = [
         "spec": {"language": "cobol", "tests": [{"stdin": "", "expected_stdout": "x"}]},
     },
 ]
+# The sql verifier's workers in containers of assay/sql: a setup_sql database (built in one,
+# copied into the next: the service's /tmp is on no volume), and compose's PostgreSQL reached
+# by name over its socket on the shared volume, as the role compose made.
+ITEMS += [
+    {
+        "id": "sql-setup",
+        "verifier": "sql",
+        "completion": "SELECT SUM(a) FROM t",
+        "spec": {
+            "setup_sql": "CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1), (2), (3);",
+            "gold_sql": "SELECT 6",
+        },
+    },
+    {
+        "id": "sql-postgres",
+        "verifier": "sql",
+        "completion": "SELECT count(*) FROM pg_roles WHERE rolname = 'assay_reader'",
+        "spec": {"database": "postgres", "dialect": "postgres", "gold_sql": "SELECT 1"},
+    },
+]
 EXPECTED = {
+    "sql-setup": ("passed", 1.0),
+    "sql-postgres": ("passed", 1.0),
     "right": ("passed", 1.0),
     "wrong": ("failed", 0.0),
     "asserts": ("passed", 1.0),
@@ -121,7 +143,8 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
             "BASE_IMAGE": base_image(engine_url),
             "EXTRA_CA_CERT": _extra_ca(),
             "ASSAY_PORT": str(port),
-            # CI builds only what this test uses: the service, Python's image, PostgreSQL.
+            # CI builds only what this test uses: the service, Python's image, PostgreSQL, the
+            # sql workers' image.
             "ASSAY_DOCKER_IMAGES": '["assay/python"]',
             "ASSAY_DOCKER_CONTAINERS_PER_IMAGE": "2",
         }
@@ -129,7 +152,7 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
         url = f"http://127.0.0.1:{port}"
         try:
             built = subprocess.run(
-                [*base, "build", "assay", "postgres", "lang-python"],
+                [*base, "build", "assay", "postgres", "lang-python", "tool-sql"],
                 env=env,
                 capture_output=True,
                 text=True,
