@@ -55,6 +55,31 @@ def _wait_ready(url: str) -> None:
     raise AssertionError("the composed service did not become ready in 180 s")
 
 
+def _wait_postgres(url: str) -> None:
+    """Until compose's PostgreSQL answers on its socket (its first start makes the cluster and
+    the reader role; the service does not wait for it)."""
+    import docker
+
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = client.containers.list(
+                filters={
+                    "label": [
+                        f"com.docker.compose.project={PROJECT}",
+                        "com.docker.compose.service=postgres",
+                    ]
+                }
+            )
+            if found and found[0].exec_run(["pg_isready", "-h", "/run/postgresql"]).exit_code == 0:
+                return
+            time.sleep(1)
+    finally:
+        client.close()
+    raise AssertionError("compose's PostgreSQL did not answer on its socket in 120 s")
+
+
 ADD = "a, b = map(int, input().split())\nprint(a + b)\n"
 ITEMS = [
     {
@@ -164,9 +189,17 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing() -> None:
             )
             assert up.returncode == 0, up.stderr[-3000:]
             _wait_ready(url)
+            _wait_postgres(engine_url)
             answer = httpx.post(f"{url}/v1/score", json={"items": ITEMS}, timeout=120)
             assert answer.status_code == 200, answer.text
-            got = {r["id"]: (r["status"], r["reward"]) for r in answer.json()["results"]}
+            results = answer.json()["results"]
+            got = {r["id"]: (r["status"], r["reward"]) for r in results}
+            for result in results:
+                want = EXPECTED[result["id"]]
+                assert (result["status"], result["reward"]) == want, (
+                    result["id"],
+                    result["feedback"],
+                )
             assert got == EXPECTED
             facts = httpx.get(f"{url}/v1/verifiers", timeout=30).json()["sandbox"]
             assert facts["backend"] == "docker"

@@ -2,7 +2,7 @@
 # First start: make the cluster (password from POSTGRES_PASSWORD), the read-only role
 # assay_reader (password from POSTGRES_READER_PASSWORD, if set) and run /docker-entrypoint-
 # initdb.d/*.sql once; then serve on every address of the container's network and on the Unix
-# socket in /var/run/postgresql (compose.yaml shares that folder with the sql workers).
+# socket in /run/postgresql (compose.yaml shares that folder with the sql workers).
 set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     pwfile=$(mktemp)
@@ -26,4 +26,4 @@ SQL
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
     unset PGPASSWORD
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/run/postgresql
