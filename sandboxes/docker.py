@@ -60,6 +60,8 @@ _LIST_TOOLS = (
     "print(' '.join(sorted(names)))\n"
 )
 _LABEL = "io.assay.sandbox"
+_PROGRAMS: dict[str, set[str]] = {}
+"""The programs on each image's PATH (names and full paths), by image id: listed once."""
 TOOL_IMAGES = {"sql": "assay/sql", "svg": "assay/svg", "dafny": "assay/dafny"}
 """The images of the tools (`ToolSpec.tool`) that the verifiers spawn, by default."""
 _NO_IMAGE = {
@@ -274,19 +276,14 @@ class DockerSandbox:
                 stale.remove(force=True)
         for image in self.images:
             try:
-                out = client.containers.run(
-                    image, ["python3", "-c", _LIST_TOOLS], remove=True, network_mode="none"
-                )
+                self._tools[image] = _programs(client, image)
             except docker.errors.ImageNotFound as exc:
                 raise SandboxUnavailable(f"image {image} is not built: {exc}") from exc
             except docker.errors.DockerException as exc:
                 raise SandboxUnavailable(f"image {image} does not start: {exc}") from exc
-            self._tools[image] = set(out.decode().split())
         for tool, image in self.tool_images.items():
             try:
-                out = client.containers.run(
-                    image, ["python3", "-c", _LIST_TOOLS], remove=True, network_mode="none"
-                )
+                self._tool_programs[image] = _programs(client, image)
             except docker.errors.ImageNotFound:
                 self._tool_missing[tool] = (
                     f"the {tool} tool's image {image} is not built (docs/containers.md)"
@@ -294,8 +291,6 @@ class DockerSandbox:
                 continue
             except docker.errors.DockerException as exc:
                 self._tool_missing[tool] = f"the {tool} tool's image {image} does not start: {exc}"
-                continue
-            self._tool_programs[image] = set(out.decode().split())
         own = self._find_own_container(client)
         if own is not None:
             self._own_mounts = [m for m in own.attrs.get("Mounts") or [] if m.get("Destination")]
@@ -626,6 +621,19 @@ class DockerSandbox:
             await self._remove(worker)
         if self._client is not None:
             self._client.close()
+
+
+def _programs(client: Any, image: str) -> set[str]:
+    """The programs on `image`'s PATH: one short container the first time an image is seen
+    (raises the SDK's ImageNotFound for one that is not built)."""
+    found = client.images.get(image)
+    programs = _PROGRAMS.get(found.id)
+    if programs is None:
+        out = client.containers.run(
+            found.id, ["python3", "-c", _LIST_TOOLS], remove=True, network_mode="none"
+        )
+        programs = _PROGRAMS[found.id] = set(out.decode().split())
+    return programs
 
 
 __all__ = ["TOOL_IMAGES", "DockerSandbox"]
