@@ -514,12 +514,11 @@ class DockerSandbox:
         mounts, places, copies = await asyncio.to_thread(self._place_data, spec.data)
         limits = spec.limits
         copied_mb = sum(len(data) for data in copies.values()) >> 20
-        tmpfs = {
-            "/work": f"size={2 * limits.file_mb}m,mode=1777",
-            "/tmp": f"size={2 * limits.file_mb}m,mode=1777",
-            "/dev/shm": f"size={limits.file_mb}m,mode=1777",
-            **places,
-        }
+        work = 2 * limits.file_mb
+        sizes = {"/work": work, "/tmp": work, "/dev/shm": limits.file_mb}
+        for folder, mb in places.items():  # copies onto a tmpfs of their own, or the tool's
+            sizes[folder] = sizes.get(folder, 0) + mb
+        tmpfs = {folder: f"size={mb}m,mode=1777" for folder, mb in sizes.items()}
         worker = await self._start(
             image,
             memory_mb=limits.memory_mb + 5 * limits.file_mb + copied_mb + _GRACE_MB,
@@ -557,18 +556,18 @@ class DockerSandbox:
 
     def _place_data(
         self, paths: Sequence[str]
-    ) -> tuple[list[Any], dict[str, str], dict[str, bytes]]:
+    ) -> tuple[list[Any], dict[str, int], dict[str, bytes]]:
         """How each of a tool's data paths reaches its container, read-only and at the same
         place: (1) from the mount of this service's own container that holds it (the same
         named volume, or the same host folder), as compose gives the service its databases;
         (2) when this service runs on the engine's machine (`host_paths`), bound from there;
         (3) else copied (regular files, `copy_mb` in all) onto a tmpfs at its folder, written
         read-only (0444) by the runner before the tool starts. Returns the mounts, the tmpfs
-        places and the copies."""
+        folders (with their MB) and the copies."""
         from docker.types import Mount
 
         mounts: dict[str, Any] = {}
-        places: dict[str, str] = {}
+        places: dict[str, int] = {}
         copies: dict[str, bytes] = {}
         for path in paths:
             real = os.path.realpath(path)
@@ -602,7 +601,7 @@ class DockerSandbox:
                     )
                 with open(name, "rb") as f:
                     copies[name] = f.read()
-            places[folder] = f"size={(size >> 20) + 1}m,mode=1777"
+            places[folder] = places.get(folder, 0) + (size >> 20) + 1
         return list(mounts.values()), places, copies
 
     def _own_mount_of(self, path: str) -> dict[str, Any] | None:
