@@ -159,9 +159,16 @@ class ToolSpec:
     files: Mapping[str, str | bytes] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     ro_paths: tuple[str, ...] = ()
-    """Host paths bound read-only at the same place (a package dir, a database's folder)."""
+    """Host paths bound read-only at the same place: the tool's software (a package dir, a
+    toolchain's home). A container backend ignores them: the tool's image carries its own."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Added to the sandbox's cleared environment."""
+    tool: str = ""
+    """What the tool is (`sql`, `svg`, `dafny`, `lean`): a container backend picks its image by
+    this name."""
+    data: tuple[str, ...] = ()
+    """Host files or folders the tool reads as data (a database's folder): bound read-only at
+    the same place, by every backend (a container backend mounts or copies them in)."""
 
 
 class ToolProcess(Protocol):
@@ -223,6 +230,11 @@ class Sandbox(Protocol):
 
     def has_tool(self, tool: str) -> bool:
         """Whether a program of that name can be started inside the sandbox."""
+        ...
+
+    def tool_reason(self, tool: str) -> str | None:
+        """`None` when a `ToolSpec` of that `tool` name can be spawned (as far as is known now);
+        else why not (a container backend with no image for it)."""
         ...
 
     async def close(self) -> None:

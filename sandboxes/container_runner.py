@@ -13,8 +13,11 @@ stdout:
         as it was before the job ("before": a run; what it added there is removed, and a file
         it changed makes the container unclean); /tmp and /dev/shm are emptied as always
     {"op": "wipe"} -> {"clean": bool, "why": str}: end an item (kill, empty everything)
-    {"op": "exec", "argv": [...], "files": {...}, "env": {...}}
-    -> the runner writes the files, answers {"ready": true}, and becomes the tool (execvp)
+    {"op": "exec", "argv": [...], "files": {...}, "env": {...}, "limits": {...},
+     "seccomp": base64}
+    -> the runner writes the files, puts the limits and filters of a job (but the CPU time:
+       a tool's user bounds each request) on itself, answers {"ready": true}, and becomes the
+       tool (execvp): a container serves one tool for its whole life, and goes with it
 
 Every limit is applied to the job from outside it: rlimits set in the child before exec, the
 deadline and the output caps by this process, the whole process group killed at the end. After
@@ -123,7 +126,7 @@ def _oom_kills() -> int:
     return 0
 
 
-def _limits(limits: dict[str, Any], service_filter: bytes) -> Any:
+def _limits(limits: dict[str, Any], service_filter: bytes, *, cpu_limit: bool = True) -> Any:
     cpu = int(limits.get("cpu_s") or limits["wall_s"] + 1) + 1
     # Runtimes that reserve far more address space than they use (JVM, Go, V8) get room.
     memory = int(limits.get("address_space_mb") or limits["memory_mb"]) << 20
@@ -141,7 +144,8 @@ def _limits(limits: dict[str, Any], service_filter: bytes) -> Any:
             raise OSError(ctypes.get_errno(), "no_new_privs refused")
         _load_filter(_namespace_filter())
         _load_filter(service_filter)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        if cpu_limit:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -383,11 +387,27 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_data(data: dict[str, str]) -> None:
+    """A tool's data copied in (the service could not mount it): each at its own absolute
+    path, on the tmpfs the service put at its folder, read-only."""
+    for path, blob in data.items():
+        if not os.path.isabs(path) or ".." in path.split("/"):
+            raise ValueError(f"data path {path!r} must be absolute")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(blob))
+        os.chmod(path, 0o444)
+
+
 def _exec(request: dict[str, Any]) -> None:
-    _write_files(request.get("files", {}))
+    _write_files(request.pop("files", {}))
+    _write_data(request.pop("data", {}))
     env = {"PATH": PATH, "HOME": WORK, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
     env.update(request.get("env", {}))
     os.chdir(WORK)
+    if "limits" in request:
+        # This process becomes the tool: what a job gets from its parent, it takes itself.
+        seccomp = base64.b64decode(request.get("seccomp", ""))
+        _limits(request["limits"], seccomp, cpu_limit=False)()
     sys.stdout.write(json.dumps({"ready": True}) + "\n")
     sys.stdout.flush()
     os.execvpe(request["argv"][0], request["argv"], env)

@@ -30,9 +30,11 @@ import contextlib
 import json
 import logging
 import os
+import re
+import socket
 import struct
 import time
-from collections.abc import AsyncGenerator, Hashable, Sequence
+from collections.abc import AsyncGenerator, Hashable, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -50,12 +52,27 @@ _LIST_TOOLS = (
     "names = set()\n"
     "for d in os.environ.get('PATH', '').split(':'):\n"
     "    try:\n"
-    "        names.update(n for n in os.listdir(d) if os.access(os.path.join(d, n), os.X_OK))\n"
+    "        found = [n for n in os.listdir(d) if os.access(os.path.join(d, n), os.X_OK)]\n"
     "    except OSError:\n"
-    "        pass\n"
+    "        continue\n"
+    "    names.update(found)\n"
+    "    names.update(os.path.join(d, n) for n in found)\n"
     "print(' '.join(sorted(names)))\n"
 )
 _LABEL = "io.assay.sandbox"
+_PROGRAMS: dict[str, set[str]] = {}
+"""The programs on each image's PATH (names and full paths), by image id: listed once."""
+TOOL_IMAGES = {"sql": "assay/sql", "svg": "assay/svg", "dafny": "assay/dafny"}
+"""The images of the tools (`ToolSpec.tool`) that the verifiers spawn, by default."""
+_NO_IMAGE = {
+    "lean": (
+        "the docker backend has no Lean image: Lean's toolchain is a vendor download (elan, "
+        "Mathlib's cache from GitHub) that the machines assay is built and tested on cannot "
+        "reach. Run the image sandboxes/images/lean instead (assay with Lean inside, on the "
+        "local sandbox), or ASSAY_LEAN_BACKEND=kimina"
+    ),
+}
+_GRACE_MB = 64  # a tool container's memory beyond its tool's: the runner before it execs
 _LINE_LIMIT = 1 << 27
 _PING_S = 2.0  # how often `check` asks an engine that answered whether it still does
 
@@ -204,8 +221,20 @@ class DockerSandbox:
         cpus: float = 1.0,
         user: str = "10001",
         tmpfs_mb: int = 128,
+        tool_images: Mapping[str, str] | None = None,
+        host_paths: bool | None = None,
+        copy_mb: int = 256,
     ) -> None:
         self.images = list(images)
+        self.tool_images = dict(TOOL_IMAGES if tool_images is None else tool_images)
+        # Whether a path of this service is the same path on the engine's machine (a tool's
+        # data is then bound from there): by default, when this service is not in one of the
+        # engine's containers.
+        self.host_paths = host_paths
+        self.copy_mb = copy_mb
+        self._tool_programs: dict[str, set[str]] = {}
+        self._tool_missing: dict[str, str] = {}
+        self._own_mounts: list[dict[str, Any]] = []
         self.base_url = base_url
         self.container_memory_mb, self.container_pids = container_memory_mb, container_pids
         self.cpus, self.user, self.tmpfs_mb = cpus, user, tmpfs_mb
@@ -264,14 +293,42 @@ class DockerSandbox:
                 client.api.remove_container(ident, force=True)
         for image in self.images:
             try:
-                out = client.containers.run(
-                    image, ["python3", "-c", _LIST_TOOLS], remove=True, network_mode="none"
-                )
+                self._tools[image] = _programs(client, image)
             except docker.errors.ImageNotFound as exc:
                 raise SandboxUnavailable(f"image {image} is not built: {exc}") from exc
             except docker.errors.DockerException as exc:
                 raise SandboxUnavailable(f"image {image} does not start: {exc}") from exc
-            self._tools[image] = set(out.decode().split())
+        for tool, image in self.tool_images.items():
+            try:
+                self._tool_programs[image] = _programs(client, image)
+            except docker.errors.ImageNotFound:
+                self._tool_missing[tool] = (
+                    f"the {tool} tool's image {image} is not built (docs/containers.md)"
+                )
+                continue
+            except docker.errors.DockerException as exc:
+                self._tool_missing[tool] = f"the {tool} tool's image {image} does not start: {exc}"
+        own = self._find_own_container(client)
+        if own is not None:
+            self._own_mounts = [m for m in own.attrs.get("Mounts") or [] if m.get("Destination")]
+        if self.host_paths is None:
+            self.host_paths = own is None
+
+    @staticmethod
+    def _find_own_container(client: Any) -> Any:
+        """The container of this engine that this service runs in, if it runs in one: Docker
+        and Podman name a container's host after its id. (Marker files such as /.dockerenv
+        say nothing of which engine, and are left in images made from containers.)"""
+        import docker
+
+        name = socket.gethostname()
+        if not re.fullmatch(r"[0-9a-f]{12,64}", name):
+            return None
+        try:
+            me = client.containers.get(name)
+        except docker.errors.DockerException:
+            return None
+        return me if str(me.id).startswith(name) else None
 
     def unavailable_reason(self) -> str | None:
         return self._reason if isinstance(self._reason, str) else None
@@ -303,13 +360,30 @@ class DockerSandbox:
             return self._reason if isinstance(self._reason, str) else None
 
     def has_tool(self, tool: str) -> bool:
-        return any(tool in tools for tools in self._tools.values())
+        return any(tool in tools for tools in self._tools.values()) or any(
+            tool in programs for programs in self._tool_programs.values()
+        )
+
+    def tool_reason(self, tool: str) -> str | None:
+        reason = self.unavailable_reason()
+        if reason is not None:
+            return reason
+        if tool not in self.tool_images:
+            return _NO_IMAGE.get(
+                tool,
+                f"the docker backend has no image for the {tool} tool (ASSAY_DOCKER_TOOL_IMAGES)",
+            )
+        return self._tool_missing.get(tool)
 
     def facts(self) -> dict[str, Any]:
         return {
             "backend": self.name,
             "isolation": "container",
             "images": {image: image in self._tools for image in self.images},
+            "tool_images": {
+                tool: {"image": image, "built": image in self._tool_programs}
+                for tool, image in self.tool_images.items()
+            },
             "container_memory_mb": self.container_memory_mb,
             "container_pids": self.container_pids,
             "uid_per_job": False,
@@ -319,21 +393,34 @@ class DockerSandbox:
 
     # -- containers ----------------------------------------------------------------------
 
-    def _create(self, image: str, command: list[str]) -> Any:
+    def _create(
+        self,
+        image: str,
+        command: list[str],
+        *,
+        memory_mb: int | None = None,
+        pids: int | None = None,
+        tmpfs: Mapping[str, str] | None = None,
+        mounts: Sequence[Any] = (),
+    ) -> Any:
         """Create (not start) a runner container. Through the low-level API: a detached
         `containers.run` leaves `StdinOnce` off, and then Docker keeps the runner's stdin open
         after the service's attach connection goes, so a killed service's runners would live
         on; with it on, the runner reads EOF and ends (Podman closes it either way)."""
         api = self._client.api
-        tmpfs = f"size={self.tmpfs_mb}m,mode=1777"
+        memory = memory_mb or self.container_memory_mb
+        sized = f"size={self.tmpfs_mb}m,mode=1777"
+        folders = dict(tmpfs or {"/work": sized, "/tmp": sized, "/dev/shm": sized})
+        # /var/tmp: sized, and the same on every engine (Podman mounts an unsized one).
+        folders.setdefault("/var/tmp", sized)
         host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
-            # /var/tmp: sized, and the same on every engine (Podman mounts an unsized one).
-            tmpfs={"/work": tmpfs, "/tmp": tmpfs, "/dev/shm": tmpfs, "/var/tmp": tmpfs},
-            mem_limit=f"{self.container_memory_mb}m",
-            memswap_limit=f"{self.container_memory_mb}m",
-            pids_limit=self.container_pids,
+            tmpfs=folders,
+            mounts=list(mounts),
+            mem_limit=f"{memory}m",
+            memswap_limit=f"{memory}m",
+            pids_limit=pids or self.container_pids,
             nano_cpus=int(self.cpus * 1e9),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -366,9 +453,11 @@ class DockerSandbox:
         reader, writer = await asyncio.open_connection(sock=raw, limit=_LINE_LIMIT)
         return _Attached(reader, writer, [sock, raw])
 
-    async def _start(self, key: Hashable) -> _Container:
+    async def _start(self, key: Hashable, **options: Any) -> _Container:
         image = str(key)
-        created = await asyncio.to_thread(self._create, image, ["python3", "-u", "-c", _RUNNER])
+        created = await asyncio.to_thread(
+            self._create, image, ["python3", "-u", "-c", _RUNNER], **options
+        )
         # Attached before it starts: no moment when a runner runs with nobody on its stdin
         # (a service killed then would have left it running for good).
         try:
@@ -464,15 +553,40 @@ class DockerSandbox:
                     await asyncio.shield(worker.wipe())
 
     async def spawn(self, spec: ToolSpec) -> ToolProcess:
+        """A tool in a container of its own, started for it and removed with it: the image
+        named for `spec.tool` (which carries the tool's software: `ro_paths` are not needed),
+        its files written into the work dir by the runner, its `data` mounted or copied in
+        read-only (`_place_data`), the job's rlimits and seccomp filter put on it."""
         reason = await self.check()
         if reason is not None:
             raise SandboxUnavailable(reason)
-        if spec.ro_paths:
+        if spec.tool:
+            why = self.tool_reason(spec.tool)
+            if why is not None:
+                raise SandboxUnavailable(why)
+            image = self.tool_images[spec.tool]
+        elif spec.ro_paths:
             raise SandboxUnavailable(
-                "the docker backend binds no host paths into a tool "
-                f"({', '.join(spec.ro_paths)}): its image must hold what it reads"
+                "the docker backend binds no host software into a tool "
+                f"({', '.join(spec.ro_paths)}): name its image (ToolSpec.tool)"
             )
-        worker = await self._start(self._image_for(spec.argv))
+        else:
+            image = self._image_for(spec.argv)
+        mounts, places, copies = await asyncio.to_thread(self._place_data, spec.data)
+        limits = spec.limits
+        copied_mb = sum(len(data) for data in copies.values()) >> 20
+        work = 2 * limits.file_mb
+        sizes = {"/work": work, "/tmp": work, "/dev/shm": limits.file_mb}
+        for folder, mb in places.items():  # copies onto a tmpfs of their own, or the tool's
+            sizes[folder] = sizes.get(folder, 0) + mb
+        tmpfs = {folder: f"size={mb}m,mode=1777" for folder, mb in sizes.items()}
+        worker = await self._start(
+            image,
+            memory_mb=limits.memory_mb + 5 * limits.file_mb + copied_mb + _GRACE_MB,
+            pids=max(self.container_pids, limits.processes + 16),
+            tmpfs=tmpfs,
+            mounts=mounts,
+        )
         request = {
             "op": "exec",
             "argv": list(spec.argv),
@@ -480,18 +594,86 @@ class DockerSandbox:
                 n: base64.b64encode(d.encode() if isinstance(d, str) else d).decode()
                 for n, d in spec.files.items()
             },
+            "data": {path: base64.b64encode(data).decode() for path, data in copies.items()},
             "env": dict(spec.env),
+            "limits": asdict(limits),
+            "seccomp": base64.b64encode(
+                seccomp.program(processes=limits.processes > 1) or b""
+            ).decode(),
         }
+        del copies
         try:
             worker.attached.writer.write(json.dumps(request).encode() + b"\n")
-            async with asyncio.timeout(30):
+            del request
+            async with asyncio.timeout(60):
                 ready = await worker.attached.stdout.readline()
             if not ready:
-                raise SandboxError(f"the tool {spec.argv[0]} did not start")
+                tail = bytes(worker.attached.stderr).decode(errors="replace").strip()[-500:]
+                raise SandboxError(f"the tool {spec.argv[0]} did not start: {tail or 'no output'}")
         except BaseException:
             await self._remove(worker)
             raise
         return _ContainerTool(self, worker)
+
+    def _place_data(
+        self, paths: Sequence[str]
+    ) -> tuple[list[Any], dict[str, int], dict[str, bytes]]:
+        """How each of a tool's data paths reaches its container, read-only and at the same
+        place: (1) from the mount of this service's own container that holds it (the same
+        named volume, or the same host folder), as compose gives the service its databases;
+        (2) when this service runs on the engine's machine (`host_paths`), bound from there;
+        (3) else copied (regular files, `copy_mb` in all) onto a tmpfs at its folder, written
+        read-only (0444) by the runner before the tool starts. Returns the mounts, the tmpfs
+        folders (with their MB) and the copies."""
+        from docker.types import Mount
+
+        mounts: dict[str, Any] = {}
+        places: dict[str, int] = {}
+        copies: dict[str, bytes] = {}
+        for path in paths:
+            real = os.path.realpath(path)
+            own = self._own_mount_of(real)
+            if own is not None:
+                target = own["Destination"]
+                if own.get("Type") == "volume" and own.get("Name"):
+                    mounts[target] = Mount(target, own["Name"], type="volume", read_only=True)
+                else:
+                    source = own["Source"].rstrip("/") + real[len(target.rstrip("/")) :]
+                    mounts[real] = Mount(real, source, type="bind", read_only=True)
+                continue
+            if self.host_paths:
+                mounts[real] = Mount(real, real, type="bind", read_only=True)
+                continue
+            folder = real if os.path.isdir(real) else os.path.dirname(real)
+            names = (
+                [os.path.join(real, n) for n in sorted(os.listdir(real))]
+                if os.path.isdir(real)
+                else [real]
+            )
+            size = 0
+            for name in names:
+                if not os.path.isfile(name):
+                    continue
+                size += os.path.getsize(name)
+                if size + sum(len(d) for d in copies.values()) > self.copy_mb << 20:
+                    raise SandboxUnavailable(
+                        f"{path} is larger than the {self.copy_mb} MB a tool's data may be "
+                        "copied in: put it on a volume the service mounts (docs/containers.md)"
+                    )
+                with open(name, "rb") as f:
+                    copies[name] = f.read()
+            places[folder] = places.get(folder, 0) + (size >> 20) + 1
+        return list(mounts.values()), places, copies
+
+    def _own_mount_of(self, path: str) -> dict[str, Any] | None:
+        """The mount of this service's container that holds `path` (the deepest), if any."""
+        best: dict[str, Any] | None = None
+        for mount in self._own_mounts:
+            target = str(mount["Destination"]).rstrip("/") or "/"
+            holds = path == target or path.startswith(target.rstrip("/") + "/")
+            if holds and (best is None or len(target) > len(str(best["Destination"]))):
+                best = mount
+        return best
 
     async def close(self) -> None:
         await self._pool.close()
@@ -501,4 +683,17 @@ class DockerSandbox:
             self._client.close()
 
 
-__all__ = ["DockerSandbox"]
+def _programs(client: Any, image: str) -> set[str]:
+    """The programs on `image`'s PATH: one short container the first time an image is seen
+    (raises the SDK's ImageNotFound for one that is not built)."""
+    found = client.images.get(image)
+    programs = _PROGRAMS.get(found.id)
+    if programs is None:
+        out = client.containers.run(
+            found.id, ["python3", "-c", _LIST_TOOLS], remove=True, network_mode="none"
+        )
+        programs = _PROGRAMS[found.id] = set(out.decode().split())
+    return programs
+
+
+__all__ = ["TOOL_IMAGES", "DockerSandbox"]

@@ -232,6 +232,9 @@ class LocalSandbox:
             self._tools_found.add(tool)
         return found
 
+    def tool_reason(self, tool: str) -> str | None:
+        return self.unavailable_reason()
+
     def facts(self) -> dict[str, Any]:
         return {
             "backend": self.name,
@@ -494,7 +497,7 @@ class LocalSandbox:
                     job,
                     files,
                     extra,
-                    ro_paths=spec.ro_paths,
+                    ro_paths=spec.ro_paths + spec.data,
                     env=spec.env,
                     runner=runner_mode is not None,
                 )

@@ -261,6 +261,9 @@ def build_sandbox(settings: Settings) -> Sandbox:
             container_memory_mb=settings.docker_memory_mb,
             container_pids=settings.docker_pids,
             cpus=settings.docker_cpus,
+            tool_images=settings.docker_tool_images,
+            host_paths=settings.docker_host_paths,
+            copy_mb=settings.docker_copy_mb,
         )
     return LocalSandbox(
         isolation="unsandboxed" if settings.sandbox == "unsandboxed" else "bwrap",
@@ -285,6 +288,7 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
     verifiers["dafny"] = DafnyVerifier(
         settings.dafny_home,
         runtime=settings.dafny_runtime,
+        version=settings.dafny_version,
         servers=settings.dafny_servers,
         server_uses=settings.dafny_server_uses,
         memory_mb=settings.dafny_memory_mb,
@@ -294,6 +298,7 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         data_dir=settings.sql_data_dir,
         duckdb=settings.sql_duckdb,
         postgres=settings.sql_postgres,
+        postgres_url=settings.sql_postgres_url,
         empty_gold=settings.sql_empty_gold,
         workers=settings.sql_workers,
         worker_memory_mb=settings.sql_worker_memory_mb,

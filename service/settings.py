@@ -43,6 +43,24 @@ class Settings(BaseSettings):
     docker_memory_mb: int = Field(default=1024, ge=64, description="Memory per container.")
     docker_pids: int = Field(default=128, ge=8, description="Processes per container.")
     docker_cpus: float = Field(default=1.0, gt=0, description="CPUs per container.")
+    docker_tool_images: dict[str, str] = Field(
+        default_factory=lambda: {"sql": "assay/sql", "svg": "assay/svg", "dafny": "assay/dafny"},
+        description="The image of each verifier's warm tool (sql workers, svg renderers, Dafny "
+        "servers); a tool with none is unavailable on the docker backend.",
+    )
+    docker_host_paths: bool | None = Field(
+        default=None,
+        description="Whether this service's paths are the engine machine's (a tool's data is "
+        "then bound from there); default: when the service is not in one of the engine's "
+        "containers. Data on a volume or bind of the service's own container is mounted from "
+        "it either way.",
+    )
+    docker_copy_mb: int = Field(
+        default=256,
+        ge=0,
+        description="A tool's data that can be neither mounted nor bound is copied into its "
+        "container, up to this much.",
+    )
     sandbox_jobs: int = Field(
         default_factory=lambda: 2 * _cores(), ge=1, description="Sandbox jobs running at once."
     )
@@ -168,6 +186,11 @@ class Settings(BaseSettings):
         "4.x (its `dafny` program); its version is read from DafnyPipeline.dll.",
     )
     dafny_runtime: str = Field(default="/usr/bin/cli", description="Mono, for Dafny 2.x.")
+    dafny_version: str | None = Field(
+        default=None,
+        description="Dafny's version when `dafny_home` is not on this machine but in the "
+        "docker backend's dafny image (compose.yaml: Debian's 2.3.0); default: read it there.",
+    )
     dafny_servers: int = Field(
         default_factory=_cores,
         ge=1,
@@ -196,6 +219,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="PostgreSQL databases by name: JSON map name -> libpq DSN reaching the "
         "server over its Unix socket (host=/dir), as a role that may only read.",
+    )
+    sql_postgres_url: str | None = Field(
+        default=None,
+        description="A PostgreSQL server (libpq DSN or URL over its Unix socket, host=/dir, as "
+        "a role that may only read) whose every database is known by its own name.",
     )
     sql_empty_gold: Literal["score", "zero"] = Field(
         default="score",

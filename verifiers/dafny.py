@@ -282,13 +282,15 @@ class DafnyVerifier:
         home: str = "/usr/lib/dafny",
         *,
         runtime: str = "/usr/bin/cli",
+        version: str | None = None,
         servers: int | None = None,
         server_uses: int = 200,
         memory_mb: int = 2048,
         use_server: bool = True,
     ) -> None:
         self.home, self.runtime = home, runtime
-        self.version = read_version(home)
+        # Given: Dafny is not on this machine but in a tool image (the docker backend's).
+        self.version = version or read_version(home)
         self.generation = int(self.version.split(".")[0]) if self.version else None
         self.servers = servers or os.cpu_count() or 1
         self.server_uses, self.memory_mb = server_uses, memory_mb
@@ -308,6 +310,10 @@ class DafnyVerifier:
     def check(self, spec: DafnySpec, sandbox: Sandbox) -> str | None:
         if self.version is None:
             return f"no Dafny found in {self.home} (DafnyPipeline.dll with a version)"
+        if self.use_server:
+            reason = sandbox.tool_reason("dafny")
+            if reason is not None:
+                return reason
         if self.generation is not None and self.generation < 4:
             if not sandbox.has_tool(self.runtime):
                 return f"Dafny {self.version} needs the Mono runtime {self.runtime}"
@@ -465,6 +471,7 @@ class DafnyVerifier:
                 argv=(self.runtime, os.path.join(self.home, "DafnyServer.exe")),
                 limits=Limits(memory_mb=self.memory_mb, processes=64, file_mb=64),
                 ro_paths=() if self.home.startswith("/usr/") else (self.home,),
+                tool="dafny",
             )
 
             async def start(key: Hashable) -> _Server:

@@ -564,6 +564,7 @@ class ReplBackend:
             limits=Limits(memory_mb=self.memory_mb, processes=max(64, 4 * cores + 16), file_mb=256),
             ro_paths=tuple(p for p in (*self.ro_paths, self.project_dir) if p),
             env=self.env,
+            tool="lean",
         )
         tool = await self._sandbox.spawn(spec)
         nonce = self._nonce()
@@ -918,10 +919,12 @@ class LeanVerifier:
 
     def unavailable_reason(self, sandbox: Sandbox) -> str | None:
         """Why no `lean` item can be judged here (`GET /v1/verifiers`), or `None`."""
-        reason = self.backend.unavailable_reason()
-        if reason is not None:
-            return reason
-        return sandbox.unavailable_reason() if isinstance(self.backend, ReplBackend) else None
+        if isinstance(self.backend, ReplBackend):
+            # The sandbox first: a container backend has no Lean image, and says why.
+            reason = sandbox.tool_reason("lean")
+            if reason is not None:
+                return reason
+        return self.backend.unavailable_reason()
 
     def check(self, spec: LeanSpec, sandbox: Sandbox) -> str | None:
         return self.unavailable_reason(sandbox)

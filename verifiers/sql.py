@@ -76,7 +76,7 @@ class Target:
     name: str
     engine: str
     location: str  # a file, or a libpq DSN over a Unix socket
-    ro_paths: tuple[str, ...]
+    ro_paths: tuple[str, ...]  # what the worker reads: the file's folder, the socket's
 
 
 class Outcome:
@@ -173,19 +173,44 @@ def _socket_dir(dsn: str) -> str | None:
     return host
 
 
+def _with_dbname(url: str, name: str) -> str:
+    """The server's DSN (or URL) with `dbname` set to `name`, as a DSN."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts: dict[str, Any] = {**conninfo_to_dict(url), "dbname": name}
+        return make_conninfo("", **parts)
+    except Exception:  # a malformed setting: said by _socket_dir's check of the same text
+        return url
+
+
+def _without_password(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts: dict[str, Any] = dict(conninfo_to_dict(url))
+    except Exception:
+        return "(unreadable)"
+    parts.pop("password", None)
+    return make_conninfo("", **parts)
+
+
 class Registry:
     """The databases this server knows by name: `<data_dir>/<db_id>/<db_id>.sqlite` (as BIRD
-    and Spider ship them), configured DuckDB files and PostgreSQL DSNs."""
+    and Spider ship them), configured DuckDB files and PostgreSQL DSNs, and every database of
+    the PostgreSQL server `postgres_url` by its own name."""
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
         duckdb: Mapping[str, str] | None = None,
         postgres: Mapping[str, str] | None = None,
+        postgres_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.duckdb = {k: str(Path(v).resolve()) for k, v in (duckdb or {}).items()}
         self.postgres = dict(postgres or {})
+        self.postgres_url = postgres_url or None
 
     def _sqlite_file(self, name: str) -> Path | None:
         if self.data_dir is None or not _DB_ID.match(name) or name in (".", ".."):
@@ -202,8 +227,8 @@ class Registry:
             found.append("sqlite")
         if name in self.duckdb:
             found.append("duckdb")
-        if name in self.postgres:
-            found.append("postgres")
+        if name in self.postgres or (self.postgres_url and not found and _DB_ID.match(name)):
+            found.append("postgres")  # on the server: when no file of that name exists
         return found
 
     def find(self, name: str, engine: str) -> Target | str:
@@ -218,9 +243,12 @@ class Registry:
                 return f"no DuckDB database {name!r} on this server"
             location = self.duckdb[name]
             return Target(name, "duckdb", location, (str(Path(location).parent),))
-        if name not in self.postgres:
+        if name in self.postgres:
+            dsn = self.postgres[name]
+        elif self.postgres_url is not None and _DB_ID.match(name):
+            dsn = _with_dbname(self.postgres_url, name)
+        else:
             return f"no PostgreSQL database {name!r} on this server"
-        dsn = self.postgres[name]
         sockets = _socket_dir(dsn)
         if sockets is None:
             return f"PostgreSQL database {name!r} must be reached over a Unix socket (host=/dir)"
@@ -240,6 +268,8 @@ class Registry:
             "duckdb": sorted(self.duckdb)[:limit],
             "postgres": sorted(self.postgres)[:limit],
         }
+        if self.postgres_url is not None:
+            out["postgres_server"] = _without_password(self.postgres_url)
         if len(sqlite_names) > limit:
             out["sqlite_total"] = len(sqlite_names)
         return out
@@ -267,6 +297,7 @@ class SqlVerifier:
         data_dir: str | os.PathLike[str] | None = None,
         duckdb: Mapping[str, str] | None = None,
         postgres: Mapping[str, str] | None = None,
+        postgres_url: str | None = None,
         empty_gold: str = "score",
         workers: int = 4,
         worker_memory_mb: int = 1024,
@@ -276,7 +307,7 @@ class SqlVerifier:
         fixture_entries: int = 256,
         python: str = PYTHON,
     ) -> None:
-        self.registry = Registry(data_dir, duckdb, postgres)
+        self.registry = Registry(data_dir, duckdb, postgres, postgres_url)
         self.empty_gold = empty_gold
         self.workers, self.worker_memory_mb = workers, worker_memory_mb
         self.max_rows, self.max_result_bytes = max_rows, max_result_bytes
@@ -337,7 +368,7 @@ class SqlVerifier:
             target = self.registry.find(name, engine)
             if isinstance(target, str):
                 return target
-        return sandbox.unavailable_reason()
+        return sandbox.tool_reason("sql")
 
     def facts(self, sandbox: Sandbox) -> dict[str, Any]:
         engines: dict[str, Any] = {}
@@ -370,14 +401,17 @@ class SqlVerifier:
 
     # -- workers ------------------------------------------------------------------------------
 
-    def _tool_spec(self, engine: str, location: str, ro_paths: tuple[str, ...]) -> ToolSpec:
+    def _tool_spec(self, engine: str, location: str, data: tuple[str, ...]) -> ToolSpec:
         return ToolSpec(
             argv=(self.python, "-I", "-S", "worker.py", engine, location, *self._sites[engine]),
             files={"worker.py": self._source},
             # Threads: DuckDB's own and the interrupt timer. The sandbox's /tmp (2 x file_mb)
             # is where sorts spill.
             limits=Limits(memory_mb=self.worker_memory_mb, processes=32, file_mb=64),
-            ro_paths=tuple(dict.fromkeys(ro_paths + self._sites[engine])),
+            # The packages: bound from this machine's venv; a tool image has its own.
+            ro_paths=self._sites[engine],
+            tool="sql",
+            data=data,
             env={
                 "ASSAY_SQL_MEMORY_MB": str(self.worker_memory_mb),
                 "ASSAY_SQL_VALUE_BYTES": str(min(self.max_result_bytes, 64 << 20)),
@@ -571,7 +605,7 @@ class SqlVerifier:
         path = Path(self._fixture_dir) / f"{digest}{suffix}"
         await asyncio.to_thread(_write_read_only, path, blob)
         self.stats.fixtures_built += 1
-        return Target(f"setup_sql:{digest[:12]}", engine, str(path), (self._fixture_dir,))
+        return Target(f"setup_sql:{digest[:12]}", engine, str(path), (str(path),))
 
     # -- judging ------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import datetime
 import decimal
 import json
 import os
+import site
 import sys
 import threading
 import time
@@ -41,6 +42,9 @@ ENGINE = sys.argv[1]
 TARGET = sys.argv[2]
 for _path in sys.argv[3:]:
     sys.path.append(_path)
+# After those (the service's venv, bound in), the interpreter's own site-packages: where a tool
+# image (the docker backend's) installs DuckDB and psycopg. `-S` leaves them out of sys.path.
+sys.path.extend(p for p in site.getsitepackages() if p not in sys.path)
 
 MEMORY_MB = int(os.environ.get("ASSAY_SQL_MEMORY_MB", "512"))
 VALUE_BYTES = int(os.environ.get("ASSAY_SQL_VALUE_BYTES", str(16 << 20)))

@@ -274,7 +274,7 @@ class SvgVerifier:
         return self._missing
 
     def check(self, spec: SvgSpec, sandbox: Sandbox) -> str | None:
-        return self._renderer_missing() or sandbox.unavailable_reason()
+        return self._renderer_missing() or sandbox.tool_reason("svg")
 
     def facts(self, sandbox: Sandbox) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -314,6 +314,7 @@ class SvgVerifier:
             limits=Limits(memory_mb=self.memory_mb, processes=1, file_mb=8),
             ro_paths=(self._site_packages,),
             env={"PYTHONPATH": self._site_packages},
+            tool="svg",  # a container backend's svg image has cairosvg in its own site-packages
         )
 
     def _pool_for(self, sandbox: Sandbox) -> WorkerPool[_Worker]:

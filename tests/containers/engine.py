@@ -102,3 +102,39 @@ def build(url: str, family: str, tag: str | None = None, packages: str = "") -> 
                 rm=True,
             )
     return tag
+
+
+def extra_ca() -> str:
+    """This machine's own CAs (a TLS-intercepting proxy's), for pip inside image builds."""
+    folder = Path("/usr/local/share/ca-certificates")
+    return "\n".join(p.read_text() for p in sorted(folder.glob("*.crt"))) if folder.is_dir() else ""
+
+
+def build_tool(url: str, service: str) -> str:
+    """Build compose.yaml's `service` (a `tool-*` image) with the build arguments written
+    there, tagged by a digest of its Dockerfile and arguments (so a changed one is rebuilt, an
+    unchanged one reused from the engine's cache); return the tag."""
+    import hashlib
+
+    import docker
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"][service]["build"]
+    context = ROOT / spec["context"]
+    args = {k: str(v) for k, v in spec.get("args", {}).items() if k != "BASE_IMAGE"}
+    args.pop("EXTRA_CA_CERT", None)
+    digest = hashlib.sha256(
+        (context / "Dockerfile").read_bytes() + repr(sorted(args.items())).encode()
+    )
+    tag = f"localhost/assay-{service}:{digest.hexdigest()[:12]}"
+    with contextlib.closing(docker.DockerClient(base_url=url, timeout=900)) as client:
+        try:
+            client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs={**args, "BASE_IMAGE": base_image(url), "EXTRA_CA_CERT": extra_ca()},
+                rm=True,
+            )
+    return tag

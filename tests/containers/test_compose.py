@@ -5,8 +5,9 @@ CI builds only what this test needs: the service, PostgreSQL, the Python image a
 build of the native image (an override file gives lang-native just gcc, and every image a tag
 of this checkout's own, so that runs from two checkouts on one engine never swap images).
 The batch holds an item of each kind the docker backend serves: I/O tests, test code, the
-isolated `entry_point` mode, a checker, a compiled language (C), and what it does not serve
-yet (sql: unavailable, with the reason). About 3 minutes from cold (no image built, the base
+isolated `entry_point` mode, a checker, a compiled language (C), and sql items through the
+sql verifier's workers in containers of the sql tool image (a `setup_sql` database, and
+compose's PostgreSQL reached over its socket). About 3 minutes from cold (no image built, the base
 image local), under a minute warm (docs/containers.md).
 """
 
@@ -37,6 +38,7 @@ IMAGES = {
     "postgres": f"assay/postgres:{TAG}",
     "lang-python": f"assay/python:{TAG}",
     "lang-native": f"assay/native:{TAG}",
+    "tool-sql": f"assay/sql:{TAG}",
 }
 OVERRIDE = f"""services:
   assay:
@@ -50,6 +52,8 @@ OVERRIDE = f"""services:
     build:
       args:
         PACKAGES: gcc libc6-dev
+  tool-sql:
+    image: {IMAGES["tool-sql"]}
 """
 
 
@@ -128,6 +132,31 @@ def _wait_ready(url: str) -> None:
             pass
         time.sleep(1)
     raise AssertionError("the composed service did not become ready in 180 s")
+
+
+def _wait_postgres(url: str) -> None:
+    """Until compose's PostgreSQL answers on its socket (its first start makes the cluster and
+    the reader role; the service does not wait for it)."""
+    import docker
+
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = client.containers.list(
+                filters={
+                    "label": [
+                        f"com.docker.compose.project={PROJECT}",
+                        "com.docker.compose.service=postgres",
+                    ]
+                }
+            )
+            if found and found[0].exec_run(["pg_isready", "-h", "/run/postgresql"]).exit_code == 0:
+                return
+            time.sleep(1)
+    finally:
+        client.close()
+    raise AssertionError("compose's PostgreSQL did not answer on its socket in 120 s")
 
 
 ADD = "a, b = map(int, input().split())\nprint(a + b)\n"
@@ -215,19 +244,25 @@ ITEMS += [
         "completion": "int main(void) { return 0 }",
         "spec": {"language": "c", "tests": [{"stdin": "", "expected_stdout": ""}]},
     },
-    # The sql verifier's database workers are warm tools that the docker backend cannot start
-    # yet (they read host paths): unavailable, saying why, and the batch goes on.
     {
-        "id": "sql",
+        "id": "sql-setup",
         "verifier": "sql",
-        "completion": "SELECT x FROM t",
+        "completion": "SELECT SUM(a) FROM t",
         "spec": {
-            "setup_sql": "CREATE TABLE t (x INT); INSERT INTO t VALUES (1);",
-            "gold_sql": "SELECT 1",
+            "setup_sql": "CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1), (2), (3);",
+            "gold_sql": "SELECT 6",
         },
+    },
+    {
+        "id": "sql-postgres",
+        "verifier": "sql",
+        "completion": "SELECT count(*) FROM pg_roles WHERE rolname = 'assay_reader'",
+        "spec": {"database": "postgres", "dialect": "postgres", "gold_sql": "SELECT 1"},
     },
 ]
 EXPECTED = {
+    "sql-setup": ("passed", 1.0),
+    "sql-postgres": ("passed", 1.0),
     "right": ("passed", 1.0),
     "wrong": ("failed", 0.0),
     "asserts": ("passed", 1.0),
@@ -237,7 +272,6 @@ EXPECTED = {
     "checker": ("passed", 1.0),
     "c-right": ("passed", 1.0),
     "c-broken": ("compile_error", 0.0),
-    "sql": ("unavailable", None),
 }
 
 
@@ -256,6 +290,7 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing(tmp_path: Path)
             "EXTRA_CA_CERT": _extra_ca(),
             "ASSAY_PORT": str(port),
             "ASSAY_DOCKER_IMAGES": json.dumps([IMAGES["lang-python"], IMAGES["lang-native"]]),
+            "ASSAY_DOCKER_TOOL_IMAGES": json.dumps({"sql": IMAGES["tool-sql"]}),
             "ASSAY_DOCKER_CONTAINERS_PER_IMAGE": "2",
         }
         override = tmp_path / "compose.override.yaml"
@@ -289,6 +324,7 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing(tmp_path: Path)
             phase("up")
             _wait_ready(url)
             phase("ready")
+            _wait_postgres(engine_url)
             answer = httpx.post(f"{url}/v1/score", json={"items": ITEMS}, timeout=300)
             assert answer.status_code == 200, answer.text
             results = answer.json()["results"]
@@ -321,7 +357,7 @@ def _sandboxes(url: str) -> list[str]:
     import docker
 
     ids = _image_ids(url)
-    ours = {ids[IMAGES[s]] for s in ("lang-python", "lang-native") if IMAGES[s] in ids}
+    ours = {ids[IMAGES[s]] for s in ("lang-python", "lang-native", "tool-sql") if IMAGES[s] in ids}
     client = docker.DockerClient(base_url=url, timeout=60)
     try:
         found = client.containers.list(all=True, filters={"label": "io.assay.sandbox"})

@@ -56,6 +56,9 @@ class CountingSandbox:
     def has_tool(self, tool: str) -> bool:
         return self.inner.has_tool(tool)
 
+    def tool_reason(self, tool: str) -> str | None:
+        return self.inner.tool_reason(tool)
+
     def facts(self) -> dict[str, Any]:
         return self.inner.facts()
 
