@@ -43,6 +43,8 @@ IMAGES = {
 OVERRIDE = f"""services:
   assay:
     image: {IMAGES["assay"]}
+    environment:
+      ASSAY_DOCKER_TOOL_IMAGES: '{{"sql": "{IMAGES["tool-sql"]}"}}'
   postgres:
     image: {IMAGES["postgres"]}
   lang-python:
@@ -290,7 +292,6 @@ def test_compose_up_scores_a_mixed_batch_and_down_leaves_nothing(tmp_path: Path)
             "EXTRA_CA_CERT": _extra_ca(),
             "ASSAY_PORT": str(port),
             "ASSAY_DOCKER_IMAGES": json.dumps([IMAGES["lang-python"], IMAGES["lang-native"]]),
-            "ASSAY_DOCKER_TOOL_IMAGES": json.dumps({"sql": IMAGES["tool-sql"]}),
             "ASSAY_DOCKER_CONTAINERS_PER_IMAGE": "2",
         }
         override = tmp_path / "compose.override.yaml"
