@@ -39,17 +39,19 @@ never come here.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import json
 import os
 import platform
 import resource
-import selectors
+import select
 import signal
 import struct
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,6 +119,8 @@ PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SECCOMP_MODE_FILTER = 2
 _CAP_VERSION_3 = 0x20080522
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+# capset, prctl and unshare, by machine (arch/x86/entry/syscalls, include/uapi/asm-generic)
+_SYSCALLS = {"x86_64": (126, 157, 272), "aarch64": (91, 167, 97)}
 
 
 class _Kernel:
@@ -203,24 +207,75 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def drop_capabilities() -> None:
-    """No capability left in any set: effective, permitted, inheritable and ambient."""
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)()
-    kernel().check(kernel().libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-
-
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def load_seccomp(program: bytes) -> None:
-    """Install a cBPF seccomp filter (needs no_new_privs); it stacks on bwrap's."""
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    result = kernel().libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0)
-    kernel().check(result, "seccomp")
+class _Calls:
+    """The system calls a process makes between its fork and its program, each with its
+    arguments built beforehand, in the process that forks.
+
+    Every page a forked child writes is copied (a page fault each, about 5 us on this kind of
+    machine), and a ctypes call that converts its arguments writes to many of the
+    interpreter's pages: measured in a forked child, capset through `libc.capset` cost 55 page
+    faults, through `syscall` with arguments built ahead 15. The capabilities' buffers and the
+    seccomp programs live here, so their addresses stay good in every child."""
+
+    def __init__(self) -> None:
+        self._syscall = kernel().raw.syscall
+        capset, prctl_, unshare_ = (ctypes.c_long(n) for n in _SYSCALLS[platform.machine()])
+        self._header = _CapHeader(_CAP_VERSION_3, 0)
+        self._data = (_CapData * 2)()
+
+        def prctl_args(option: int, arg: int) -> tuple[Any, ...]:
+            return (prctl_, *(ctypes.c_long(x) for x in (option, arg, 0, 0, 0)))
+
+        self.clear_ambient = prctl_args(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        self.capset = (
+            capset,
+            ctypes.c_void_p(ctypes.addressof(self._header)),
+            ctypes.c_void_p(ctypes.addressof(self._data)),
+        )
+        self.dumpable = prctl_args(PR_SET_DUMPABLE, 1)
+        self.new_ipc = (unshare_, ctypes.c_long(CLONE_NEWIPC))
+        self._prctl = prctl_
+        self._filters: dict[bytes, tuple[Any, ...]] = {}
+        self._buffers: dict[bytes, tuple[Any, Any]] = {}
+
+    def seccomp(self, program: bytes) -> tuple[Any, ...]:
+        """The arguments that install `program` (a cBPF filter; needs no_new_privs)."""
+        args = self._filters.get(program)
+        if args is None:
+            if len(self._filters) >= 4:  # the service sends one or two filters
+                self._filters.clear()
+                self._buffers.clear()
+            buf = ctypes.create_string_buffer(program, len(program))
+            prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+            args = (self._prctl, *(ctypes.c_long(x) for x in (PR_SET_SECCOMP, SECCOMP_MODE_FILTER)))
+            args += (ctypes.c_void_p(ctypes.addressof(prog)), ctypes.c_long(0), ctypes.c_long(0))
+            self._filters[program] = args
+            self._buffers[program] = (buf, prog)  # alive as long as the arguments
+        return args
+
+    def call(self, args: tuple[Any, ...], what: str) -> None:
+        if self._syscall(*args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def drop_capabilities(self) -> None:
+        """No capability left in any set: effective, permitted, inheritable and ambient."""
+        self.call(self.clear_ambient, "prctl ambient")
+        self.call(self.capset, "capset")
+
+
+_calls: _Calls | None = None
+
+
+def calls() -> _Calls:
+    global _calls
+    if _calls is None:
+        _calls = _Calls()
+    return _calls
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -333,25 +388,36 @@ def _close_fds_but(keep: tuple[int, ...]) -> None:
                 os.close(fd)
 
 
-def _program(spec: Spec, pipes: _Pipes, seccomp: bytes, body: Callable[[], None]) -> None:
-    """In the program's process, before its code: fds, limits, filter. Never returns."""
+# The runner holds no fd at or above this (`main` sets it as its soft limit), so a program
+# closes what it inherited with `closerange`, without listing /proc/self/fd.
+_RUNNER_FDS = 64
+
+
+def _program(
+    spec: Spec, pipes: _Pipes, seccomp: tuple[Any, ...] | None, body: Callable[[], None]
+) -> None:
+    """In the program's process, before its code: fds, limits, filter (its arguments built by
+    the parent, `_Calls.seccomp`; no_new_privs is inherited). Never returns."""
     stdin, stdout, stderr, report = pipes.child_ends()
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
-        prctl(PR_SET_DUMPABLE, 1)  # init is not: this makes /proc/self the program's again
-        with open("/proc/self/oom_score_adj", "w") as f:  # the memory killer takes it first
-            f.write("1000")
+        c = calls()
+        c.call(c.dumpable, "prctl")  # init is not: this makes /proc/self the program's again
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)  # the memory killer takes it first
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
         _set_limits(spec)
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-        if seccomp:
-            load_seccomp(seccomp)
+        if seccomp is not None:
+            c.call(seccomp, "seccomp")
     except BaseException as exc:
         os.write(report, f"E the program's set-up failed: {exc!r}\n".encode())
         os._exit(127)
-    _close_fds_but((0, 1, 2))
+    os.closerange(3, _RUNNER_FDS)
     body()
     os._exit(127)
 
@@ -359,7 +425,7 @@ def _program(spec: Spec, pipes: _Pipes, seccomp: bytes, body: Callable[[], None]
 def _init(
     spec: Spec,
     pipes: _Pipes,
-    seccomp: bytes,
+    seccomp: tuple[Any, ...] | None,
     files: Sequence[tuple[str, bytes | bytearray]],
     body: Callable[[], None],
 ) -> None:
@@ -368,7 +434,7 @@ def _init(
     try:
         _close_fds_but((2, *pipes.child_ends()))
         _fresh_mounts(spec, files)
-        drop_capabilities()
+        calls().drop_capabilities()
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         prctl(PR_SET_DUMPABLE, 0)  # the program (the same uid) may not ptrace init
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -412,20 +478,27 @@ def _pump(
 ) -> _Output:
     """Feed the program its stdin and read its stdout, stderr and report pipe until they all
     close, calling `kill` at the wall-clock deadline or when the output passes its cap.
-    `ended`: a pidfd of the program and what to do when it exits (end what it left behind)."""
+    `ended`: a pidfd of the program and what to do when it exits (end what it left behind).
+
+    `select.poll` straight, not `selectors`: this loop runs while the program, a fork of this
+    process, shares its pages, so every object it makes costs a page copy (see `_Calls`)."""
     for fd in pipes.child_ends():
         os.close(fd)
     feed, out_fd, err_fd, report_fd = pipes.parent_ends()
     got = _Output()
-    sel = selectors.DefaultSelector()
-    for fd in (out_fd, err_fd, report_fd):
-        sel.register(fd, selectors.EVENT_READ)
+    poller = select.poll()
+    live = {out_fd, err_fd, report_fd}
     if ended is not None:
-        sel.register(ended[0], selectors.EVENT_READ)
+        live.add(ended[0])
+    for fd in live:
+        poller.register(fd, select.POLLIN)
     view = memoryview(stdin)
     if view:
         os.set_blocking(feed, False)
-        sel.register(feed, selectors.EVENT_WRITE)
+        view = _feed(feed, view)  # a small stdin fits the pipe at once
+    if view:
+        live.add(feed)
+        poller.register(feed, select.POLLOUT)
     else:
         os.close(feed)
     deadline = started + spec.wall_s
@@ -435,7 +508,13 @@ def _pump(
             got.killed = True
             kill()
 
-    while sel.get_map():  # a pipe is open, or the program has not ended
+    def drop(fd: int) -> None:
+        poller.unregister(fd)
+        live.discard(fd)
+        if ended is None or fd != ended[0]:
+            os.close(fd)
+
+    while live:  # a pipe is open, or the program has not ended
         left = deadline - time.monotonic()
         if left <= 0:
             if got.killed:
@@ -444,27 +523,21 @@ def _pump(
             stop()
             deadline = time.monotonic() + _DRAIN_S
             continue
-        for key, _ in sel.select(left):
-            fd = int(key.fd)
+        for fd, _ in poller.poll(int(left * 1000) + 1):
+            if fd not in live:
+                continue
             if ended is not None and fd == ended[0]:
-                sel.unregister(fd)  # the program ended: nothing it started outlives it
+                drop(fd)  # the program ended: nothing it started outlives it
                 ended[1]()
                 continue
             if fd == feed:
-                try:
-                    view = view[os.write(fd, view[:_CHUNK]) :]
-                except (BrokenPipeError, BlockingIOError) as exc:
-                    if isinstance(exc, BlockingIOError):
-                        continue
-                    view = view[:0]
+                view = _feed(fd, view)
                 if not view:
-                    sel.unregister(fd)
-                    os.close(fd)
+                    drop(fd)
                 continue
             chunk = os.read(fd, _CHUNK)
             if not chunk:
-                sel.unregister(fd)
-                os.close(fd)
+                drop(fd)
                 continue
             if fd == report_fd:
                 got.report += chunk
@@ -477,11 +550,22 @@ def _pump(
                 stop()
             else:
                 buf += chunk
-    for key in list(sel.get_map().values()):
-        if ended is None or int(key.fd) != ended[0]:
-            os.close(int(key.fd))
-    sel.close()
+    for fd in list(live):
+        drop(fd)
     return got
+
+
+def _feed(fd: int, view: memoryview) -> memoryview:
+    """Write what the pipe takes now of `view`; what is left (nothing once the reader is
+    gone)."""
+    try:
+        while view:
+            view = view[os.write(fd, view[:_CHUNK]) :]
+    except BlockingIOError:
+        pass
+    except BrokenPipeError:
+        return view[:0]
+    return view
 
 
 def _result(
@@ -530,12 +614,13 @@ def run_step(
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """Carry out one step in namespaces of its own (`init`, then the program); its result
     header, stdout and stderr."""
+    filter_args = calls().seccomp(seccomp) if seccomp else None
     pipes = _Pipes()
     started = time.monotonic()
     init = clone_into_namespaces()
     if init == 0:
         try:
-            _init(spec, pipes, seccomp, files, body)
+            _init(spec, pipes, filter_args, files, body)
         finally:
             os._exit(1)
 
@@ -635,10 +720,6 @@ def _python(source_file: str | None) -> Callable[[], None]:
     `python3 -I -B -` (the program on stdin) when `source_file` is None."""
 
     def body() -> None:
-        import atexit
-        import builtins
-        import types
-
         # What a fresh interpreter has: SIGPIPE and SIGXFSZ ignored, SIGINT as an exception.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -650,9 +731,13 @@ def _python(source_file: str | None) -> Callable[[], None]:
             source, filename = b"".join(chunks), "<stdin>"
             sys.argv, sys.path[0] = ["-"], ""
         else:
-            filename = os.path.join(WORK_DIR, source_file)
-            with open(filename, "rb") as f:
-                source = f.read()
+            filename = f"{WORK_DIR}/{source_file}"
+            fd = os.open(filename, os.O_RDONLY)
+            chunks = []
+            while chunk := os.read(fd, _CHUNK):
+                chunks.append(chunk)
+            os.close(fd)
+            source = b"".join(chunks)
             sys.argv, sys.path[0] = [source_file], WORK_DIR
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = builtins
@@ -671,20 +756,24 @@ def _python(source_file: str | None) -> Callable[[], None]:
             tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
             sys.excepthook(type(exc), exc.with_traceback(tb), tb)
             code = 1
-        code = _finish(code, atexit)
+        code = _finish(code)
         os._exit(code if -(1 << 31) <= code < (1 << 31) else 255)
 
     return body
 
 
-def _finish(code: int, atexit: Any) -> int:
-    """The interpreter's exit: wait for non-daemon threads, run atexit, flush."""
+def _finish(code: int) -> int:
+    """The interpreter's exit: wait for non-daemon threads, run atexit, flush. (Neither
+    `threading` nor `atexit` is imported by the warm interpreter: a program that started a
+    thread or registered an exit function imported them.)"""
     threading = sys.modules.get("threading")
     if threading is not None:
         with contextlib.suppress(BaseException):
             threading._shutdown()
-    with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()
+    atexit = sys.modules.get("atexit")
+    if atexit is not None:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -719,6 +808,7 @@ def _become_warm_init(ctl_in: int, ctl_out: int) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
     prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)  # for itself and every program it forks
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # no handler: a program's SIGINT is ignored
     os.chdir("/")
 
@@ -769,18 +859,23 @@ def run_warm_step(
     """One program forked from this warm init (see `_become_warm_init`): its own work dir,
     /tmp, /dev/shm and IPC namespace; its result header, stdout and stderr."""
     _fresh_warm_mounts(spec, files)
+    c = calls()
+    # A fresh IPC namespace for this process, which the program inherits: message queues and
+    # the like die with it once the program and what it left are gone. (Made here, not in the
+    # program, where the same call costs it more: see `_Calls`.)
+    c.call(c.new_ipc, "unshare")
+    filter_args = c.seccomp(seccomp) if seccomp else None
     pipes = _Pipes()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
-            unshare(CLONE_NEWIPC)  # message queues and the like die with the program
-            drop_capabilities()
+            c.drop_capabilities()
             os.chdir(WORK_DIR)
         except BaseException as exc:
             os.write(pipes.report[1], f"E the run's set-up failed: {exc!r}\n".encode())
             os._exit(127)
-        _program(spec, pipes, seccomp, body)
+        _program(spec, pipes, filter_args, body)
     pidfd = os.pidfd_open(pid)
     try:
 
@@ -848,6 +943,10 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
+    _close_fds_but((0, 1, 2, ctl_in, ctl_out))  # what bwrap passed in (this file's memfd)
+    _, most = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = _RUNNER_FDS if most == resource.RLIM_INFINITY else min(_RUNNER_FDS, most)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds, most))
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what the runs' namespaces leave is this process's
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_IGN)

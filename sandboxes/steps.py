@@ -25,8 +25,12 @@ def runner_source() -> bytes:
     return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
 
 
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
 def limits_json(limits: Limits) -> dict[str, Any]:
-    return dataclasses.asdict(limits)
+    # Not `dataclasses.asdict`, which deep-copies each field: a tenth of a millisecond an item.
+    return {name: getattr(limits, name) for name in _LIMIT_FIELDS}
 
 
 def envelope(job: MultiJob) -> Limits:
