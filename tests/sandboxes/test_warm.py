@@ -136,6 +136,56 @@ async def test_the_next_program_sees_nothing_of_the_last(warm: LocalSandbox, lea
     assert _started(warm) == 1  # all three on the same warm interpreter
 
 
+# /tmp and /dev/shm stay from one program to the next only when the last left them exactly as
+# mounted (see `runner._untouched`); anything it did to them gets the next program new ones.
+SCRATCH_PROBE = (
+    "import os\nfor d in ('/tmp', '/dev/shm'):\n    st = os.stat(d)\n"
+    "    print(d, st.st_ctime_ns, oct(st.st_mode), os.listdir(d), os.listxattr(d))\n"
+)
+SCRATCH_ATTACKS = {
+    "file_made_and_removed": "open(f'{d}/x', 'w').write('x')\nos.unlink(f'{d}/x')\n",
+    "dir_made_and_removed": "os.mkdir(f'{d}/x')\nos.rmdir(f'{d}/x')\n",
+    "mode": "os.chmod(d, 0o700)\n",
+    "xattr": "os.setxattr(d, 'user.left', b'1')\n",
+    "fifo_left": "os.mkfifo(f'{d}/x')\n",
+}
+
+
+def _scratch(out: bytes) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in out.decode().splitlines()}
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm"])
+@pytest.mark.parametrize("attack", SCRATCH_ATTACKS, ids=str)
+async def test_a_touched_tmp_is_mounted_afresh(warm: LocalSandbox, attack: str, where: str) -> None:
+    fresh = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
+    again = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
+    assert again == fresh  # untouched: the same mounts, as they were
+    # It waits after the change: a new mount's root takes the coarse clock, which within a tick
+    # of the change may read the change's own time.
+    code = (
+        f"import os, time\nd = {where!r}\n{SCRATCH_ATTACKS[attack]}"
+        "print(os.stat(d).st_ctime_ns)\ntime.sleep(0.05)\n"
+    )
+    touched = await _run(warm, code)
+    assert touched.exit_code == 0, touched
+    after = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
+    assert int(after[where][0]) > int(touched.stdout)  # mounted after the attack
+    assert after[where][1:] == fresh[where][1:] == ["0o41777", "[]", "[]"]
+    other = "/dev/shm" if where == "/tmp" else "/tmp"
+    assert after[other] == fresh[other]  # the one it did not touch stays
+    assert _started(warm) == 1
+
+
+async def test_a_file_held_open_unnamed_leaves_nothing(warm: LocalSandbox) -> None:
+    fresh = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
+    code = (
+        "import os\nfd = os.open('/tmp', os.O_TMPFILE | os.O_WRONLY)\nos.write(fd, b'x' * 8192)\n"
+    )
+    assert (await _run(warm, code)).exit_code == 0
+    assert _scratch((await _run(warm, SCRATCH_PROBE)).stdout) == fresh
+
+
 async def test_a_crashing_program_leaves_the_worker_well(warm: LocalSandbox) -> None:
     crashes = [
         "import ctypes\nctypes.string_at(0)\n",
