@@ -64,7 +64,7 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 class Case:
     verifier: str
     name: str
-    kind: str  # "normal" or "hostile"
+    kind: str  # "normal", "hostile", or "large" (a spec at its largest: costs more, bounded)
     make: Callable[[str], dict[str, Any]]
     """The item, from a salt that makes each copy unique."""
 
@@ -249,6 +249,12 @@ def _sql() -> list[Case]:
         ),
         Case(
             "sql",
+            "one_14MB_value",
+            "hostile",
+            lambda s: _item("sql", f"-- {s}\nSELECT hex(zeroblob(7000000))", spec),
+        ),
+        Case(
+            "sql",
             "expected_rows_50000",
             "hostile",
             lambda s: _item(
@@ -287,6 +293,26 @@ def _svg() -> list[Case]:
                 + "</g>" * 20000
                 + "</svg>",
                 {"reference_svg": SQUARE, "return_images": True, "size": 1024},
+            ),
+        ),
+        Case(
+            "svg",
+            "render_512_with_images",
+            "hostile",
+            lambda s: _item(
+                "svg",
+                SQUARE.replace("<rect", f"<!-- {s} --><circle cx='5' cy='5' r='4'/><rect"),
+                {"reference_svg": SQUARE, "size": 512, "return_images": True},
+            ),
+        ),
+        Case(
+            "svg",
+            "render_1024_with_images",
+            "large",
+            lambda s: _item(
+                "svg",
+                SQUARE.replace("<rect", f"<!-- {s} --><circle cx='5' cy='5' r='4'/><rect"),
+                {"reference_svg": SQUARE, "size": 1024, "return_images": True},
             ),
         ),
         Case(

@@ -9,9 +9,9 @@ reset before the item).
 The bounds are resource bounds, not timings, and wide: the costliest item here takes about a
 third of the CPU bound on a quiet machine. What they catch is work that grows faster than the
 item: before the caps and fixes they guard (ASSAY_MAX_COMPLETION_CHARS; the Lean, Dafny and
-SQL payload caps; linear lexers; `tests/reliability/test_service_cost.py` was run with each
-removed), single items here took from 4 s to minutes of the service's CPU, and one item's
-query result or text 100 MiB and more of its memory."""
+SQL payload caps; linear lexers and patterns), single items here took from 4 s to minutes of
+the service's CPU, and one item's text or query result 76 MiB and more of its memory. This test
+fails with the completion cap or the Dafny fix taken out (checked)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ pytestmark = needs_bwrap
 
 CPU_MS = 2000
 """CPU of the service process for one item, at most."""
-PEAK_MIB = 64
+PEAK_MIB = 96
 """Growth of the service's peak resident memory for one item, at most (an item past the
 completion cap is refused before it is read; what it costs is the request's parse)."""
+LARGE = (6000, 512)
+"""The same for a spec at its largest (kind `large`: an svg compared at 1024 px, whose torch
+metrics hold about 300 MiB on the CPU, 1.4 s): bounded, above the others."""
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +66,12 @@ def test_every_verifier_gets_hostile_items(costs: list[Cost]) -> None:
 
 
 def test_no_item_costs_the_service_more_than_the_bounds(costs: list[Cost]) -> None:
-    over = [
-        (
-            c.case.verifier,
-            c.case.name,
-            c.status,
-            f"{max(c.cpu_ms):.0f} ms",
-            f"{max(c.peak_mib):.1f} MiB",
-        )
-        for c in costs
-        if max(c.cpu_ms) > CPU_MS or max(c.peak_mib) > PEAK_MIB or c.status == "internal_error"
-    ]
+    over = []
+    for c in costs:
+        cpu_ms, peak_mib = LARGE if c.case.kind == "large" else (CPU_MS, PEAK_MIB)
+        if max(c.cpu_ms) > cpu_ms or max(c.peak_mib) > peak_mib or c.status == "internal_error":
+            shown = f"{max(c.cpu_ms):.0f} ms, {max(c.peak_mib):.1f} MiB"
+            over.append((c.case.verifier, c.case.name, c.status, shown))
     assert not over, over
 
 
