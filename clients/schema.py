@@ -266,6 +266,11 @@ class CodeSpec(SpecModel):
         return not self.partial_credit if self.stop_on_fail is None else self.stop_on_fail
 
 
+SPEC_TEXT_CHARS = 100_000
+"""The longest Lean statement or header and Dafny reference a spec may give: the service reads
+them with lexers in Python (milliseconds per 1,000 characters), as it reads the completion,
+whose payload has the same bound."""
+
 LeanAllow = Literal[
     "eval", "syntax", "initialize", "unsafe", "instance", "native_decide", "options", "attributes"
 ]
@@ -279,11 +284,13 @@ class LeanSpec(SpecModel):
         description="`theorem NAME ... : STATEMENT` (a proof or `:= sorry` after it is ignored): "
         "the completion must prove exactly this statement, under this name.",
         min_length=1,
+        max_length=SPEC_TEXT_CHARS,
     )
     header: str | None = Field(
         default=None,
         description="Imports and `open`s put before a completion that has no imports; "
         "default: the server's (`ASSAY_LEAN_HEADER`).",
+        max_length=SPEC_TEXT_CHARS,
     )
     allow_sorry: bool = False
     axioms: list[str] = Field(
@@ -300,7 +307,9 @@ class LeanSpec(SpecModel):
     @model_validator(mode="after")
     def _named_theorem(self) -> LeanSpec:
         if self.theorem is not None:
-            text = re.sub(r"/-.*?-/|--[^\n]*", " ", self.theorem, flags=re.S)  # doc comments
+            # Doc comments; one never closed runs to the end (`\Z`: without it, each `/-` was
+            # searched to the end again, quadratic in the statement's length).
+            text = re.sub(r"/-.*?(?:-/|\Z)|--[^\n]*", " ", self.theorem, flags=re.S)
             words = text.replace("@[", " @[").split()
             while words and words[0].startswith("@["):
                 words.pop(0)
@@ -336,6 +345,7 @@ class DafnySpec(SpecModel):
         default=None,
         description="A program whose specification the completion must keep: signatures, "
         "requires/ensures/decreases/reads/modifies clauses, function bodies, types, constants.",
+        max_length=SPEC_TEXT_CHARS,
     )
     forbid: list[str] = Field(
         default_factory=lambda: list(DAFNY_FORBID),
@@ -362,7 +372,7 @@ SqlDialect = Literal["sqlite", "duckdb", "postgres"]
 class SqlSpec(SpecModel):
     """The `sql` verifier's spec (API.md, sql): a predicted query judged by its result."""
 
-    gold_sql: str | None = Field(default=None, min_length=1, max_length=1 << 20)
+    gold_sql: str | None = Field(default=None, min_length=1, max_length=SPEC_TEXT_CHARS)
     expected_rows: list[list[Any]] | None = None
     database: str | None = Field(default=None, pattern=r"^[\w.-]{1,200}$")
     databases: (

@@ -15,9 +15,12 @@ stdout:
     {"op": "wipe"} -> {"clean": bool, "why": str}: end an item (kill, empty everything)
     {"op": "exec", "argv": [...], "files": {...}, "env": {...}, "limits": {...},
      "seccomp": base64}
-    -> the runner writes the files, puts the limits and filters of a job (but the CPU time:
-       a tool's user bounds each request) on itself, answers {"ready": true}, and becomes the
-       tool (execvp): a container serves one tool for its whole life, and goes with it
+    -> the runner writes the files, starts the tool as its child with the limits and filters
+       of a job (but the CPU time: a tool's user bounds each request), which answers
+       {"ready": true} and execs; the tool has the container's stdin and stdout to itself. When
+       it ends, the runner kills what it left, writes how it ended as its last stderr line
+       (`TOOL_EXIT` {"exit_code", "oom_killed"}) and exits: a container serves one tool for its
+       whole life, and goes with it
 
 Every limit is applied to the job from outside it: rlimits set in the child before exec, the
 deadline and the output caps by this process, the whole process group killed at the end. After
@@ -56,6 +59,9 @@ WORK = "/work"
 # which outlived jobs until tests/reliability/test_escapes_native.py found a file planted there.
 WRITABLE = ("/work", "/tmp", "/dev/shm", "/var/tmp")
 PATH = "/usr/local/bin:/usr/bin:/bin"
+TOOL_EXIT = "assay-runner: tool exit "
+"""The start of the runner's last line on stderr after a tool ends (`_exec`), before a JSON
+object: `exit_code` (negative: the signal that killed it) and `oom_killed`."""
 CHUNK = 1 << 16
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
@@ -398,19 +404,44 @@ def _write_data(data: dict[str, str]) -> None:
         os.chmod(path, 0o444)
 
 
-def _exec(request: dict[str, Any]) -> None:
+def _exec(request: dict[str, Any]) -> int:
+    """Start the tool as this runner's child, on the container's stdin and stdout, and wait for
+    it; then kill what it left and write its exit report (`TOOL_EXIT`) as the last line on
+    stderr. The runner stays the container's pid 1, which nothing in the container can kill,
+    so the report comes from it and no one else: the service learns how the tool ended (a kill
+    from outside is not charged to the item it was judging, as on the local backend)."""
     _write_files(request.pop("files", {}))
     _write_data(request.pop("data", {}))
     env = {"PATH": PATH, "HOME": WORK, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
     env.update(request.get("env", {}))
     os.chdir(WORK)
-    if "limits" in request:
-        # This process becomes the tool: what a job gets from its parent, it takes itself.
-        seccomp = base64.b64decode(request.get("seccomp", ""))
-        _limits(request["limits"], seccomp, cpu_limit=False)()
-    sys.stdout.write(json.dumps({"ready": True}) + "\n")
-    sys.stdout.flush()
-    os.execvpe(request["argv"][0], request["argv"], env)
+    oom_before = _oom_kills()
+    pid = os.fork()
+    if pid == 0:  # the tool: what a job gets from its parent, it takes itself
+        try:
+            if "limits" in request:
+                seccomp = base64.b64decode(request.get("seccomp", ""))
+                _limits(request["limits"], seccomp, cpu_limit=False)()
+            sys.stdout.write(json.dumps({"ready": True}) + "\n")
+            sys.stdout.flush()
+            os.execvpe(request["argv"][0], request["argv"], env)
+        except BaseException as exc:  # a forked child must never return
+            with contextlib.suppress(BaseException):
+                sys.stderr.write(f"the tool did not start: {type(exc).__name__}: {exc}\n")
+                sys.stderr.flush()
+        os._exit(127)
+    # The tool alone holds the container's stdin and stdout: when it ends, they end with this
+    # process (the attach stream closes as the container does).
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    code, _ = _reap(pid, None)
+    assert code is not None
+    _kill_others()
+    report = {"exit_code": code, "oom_killed": _oom_kills() > oom_before}
+    os.write(2, f"\n{TOOL_EXIT}{json.dumps(report)}\n".encode())
+    return 0
 
 
 def main() -> None:

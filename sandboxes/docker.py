@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import struct
 import time
@@ -72,8 +73,9 @@ _NO_IMAGE = {
         "local sandbox), or ASSAY_LEAN_BACKEND=kimina"
     ),
 }
-_GRACE_MB = 64  # a tool container's memory beyond its tool's: the runner before it execs
+_GRACE_MB = 64  # a tool container's memory beyond its tool's: the runner waiting beside it
 _LINE_LIMIT = 1 << 27
+_TOOL_EXIT = b"assay-runner: tool exit "  # container_runner.TOOL_EXIT
 _PING_S = 2.0  # how often `check` asks an engine that answered whether it still does
 
 
@@ -186,12 +188,43 @@ class _ContainerTool:
 
     @property
     def returncode(self) -> int | None:
-        return 0 if self.stdout.at_eof() else None
+        """The tool's exit status from its runner's report (`container_runner.TOOL_EXIT`),
+        once its container's stream has ended, as the local backend's bwrap gives it: a tool
+        killed by signal N is 128 + N (SIGKILL from outside: 137; its own SIGSEGV: 139). With
+        no report, the runner itself was stopped, which nothing inside the container can do
+        (it is the container's pid 1): the engine or someone on the host, so -SIGKILL, the
+        sandbox's own process killed (`killed_from_outside`)."""
+        if not self.stdout.at_eof():
+            return None
+        report = self._report()
+        code = report.get("exit_code") if report is not None else None
+        if not isinstance(code, int):
+            return -signal.SIGKILL
+        return 128 - code if code < 0 else code
+
+    def _report(self) -> dict[str, Any] | None:
+        """The runner's exit report: its last stderr line, written after the tool and all it
+        started were gone (so nothing the tool wrote can come after it and stand for it)."""
+        tail = bytes(self._container.attached.stderr).rstrip(b"\n")
+        last = tail.rsplit(b"\n", 1)[-1]
+        if not last.startswith(_TOOL_EXIT):
+            return None
+        try:
+            report = json.loads(last[len(_TOOL_EXIT) :])
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
 
     def stderr_tail(self) -> bytes:
-        return bytes(self._container.attached.stderr)
+        tail = bytes(self._container.attached.stderr)
+        if self.stdout.at_eof() and self._report() is not None:
+            tail = tail.rstrip(b"\n").rsplit(b"\n", 1)[0]  # the tool's own, not the report
+        return tail
 
     def oom_killed(self) -> bool:
+        report = self._report() if self.stdout.at_eof() else None
+        if report is not None:
+            return bool(report.get("oom_killed"))
         try:
             self._container.container.reload()
         except Exception:

@@ -341,6 +341,13 @@ async def reap(proc: asyncio.subprocess.Process) -> None:
             async with asyncio.timeout(5):
                 while await stream.read(_CHUNK):
                     pass
+    # asyncio closes a subprocess transport by itself only once both pipes have reached their
+    # end; one still held open after 5 s (a process that outlived the kill, stuck exiting)
+    # would leave it open for good, and a ResourceWarning when it is collected. The process
+    # has been waited for: closing the transport only closes its pipes.
+    transport = getattr(proc, "_transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 async def kill_uid(uid: int) -> None:

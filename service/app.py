@@ -325,6 +325,7 @@ def build_engine(settings: Settings, observer: Observer | None = None) -> Engine
         cache_entries=settings.cache_entries,
         cache_bytes=settings.cache_bytes,
         max_item_s=settings.max_item_s,
+        max_completion_chars=settings.max_completion_chars,
         observer=observer,
     )
 

@@ -83,6 +83,7 @@ class Engine:
         cache_entries: int = 100_000,
         cache_bytes: int = 256 << 20,
         max_item_s: float = 600.0,
+        max_completion_chars: int = 1 << 20,
         observer: Observer | None = None,
     ) -> None:
         self.sandbox = sandbox
@@ -100,6 +101,7 @@ class Engine:
         # a read timeout) joins the run in flight instead of starting another.
         self._running: dict[str, _Run] = {}
         self.max_item_s = max_item_s
+        self.max_completion_chars = max_completion_chars
         self.observer = observer or Observer()
         self.in_flight = 0
         # Set by `abort`: the items still waiting then get an `internal_error` result saying
@@ -150,6 +152,18 @@ class Engine:
                     Status.INVALID_SPEC,
                     f"invalid spec: {where or 'spec'}: a lone surrogate (U+D800 to U+DFFF), "
                     "which no UTF-8 text can hold",
+                ),
+            )
+        if len(item.completion) > self.max_completion_chars:
+            # Before anything reads it: extraction, hashing and the verifiers' checks are
+            # linear at best, and this bounds what one item costs the service itself.
+            return _Prepared(
+                verifier=verifier,
+                early=Verdict(
+                    Status.FORMAT_ERROR,
+                    0.0,
+                    f"the completion is {len(item.completion)} characters long; this service "
+                    f"reads at most {self.max_completion_chars} (ASSAY_MAX_COMPLETION_CHARS)",
                 ),
             )
         try:

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="Items accepted but not finished, over all requests (else 429).",
     )
     max_item_s: float = Field(default=600.0, gt=0, description="Deadline cap for one item.")
+    max_completion_chars: int = Field(
+        default=1 << 20,
+        ge=1,
+        description="A longer completion is `format_error` before it is read: what one item "
+        "may cost the service's own CPU and memory grows with it (bench/service_cost.py).",
+    )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
     drain_s: float = Field(
         default=30.0,

@@ -32,6 +32,7 @@ The REPL's wire protocol is in `lean_repl.py`; the token rules in `lean_syntax.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -388,6 +389,15 @@ def judge_probe(probe: Probe, spec: LeanSpec, statement: Statement | None) -> Ve
 # -- text checks before Lean -------------------------------------------------------------------
 
 
+_CANDIDATES = 8
+"""Declarations of the spec's theorem name compared with its statement, at most (Lean refuses
+a second declaration of a name; more than one is a namespace's, rarely several)."""
+MAX_CHARS = 100_000
+"""The longest Lean payload judged: its text checks (a lexer in Python, several passes) cost
+the service about 3 ms of CPU per 1,000 characters (bench/service_cost.py); miniF2F and
+PutnamBench proofs are a few thousand."""
+
+
 def statement_text_matches(body: str, statement: Statement) -> str | None:
     """`None` when the body declares `theorem NAME` with the spec's statement text (the same
     tokens: whitespace, line breaks and comments aside); else why not."""
@@ -396,10 +406,12 @@ def statement_text_matches(body: str, statement: Statement) -> str | None:
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line) + 1)
-    found = False
+    found = 0
     for k, tok in enumerate(toks[:-1]):
         if tok.text in ("theorem", "lemma") and toks[k + 1].text == statement.name:
-            found = True
+            found += 1
+            if found > _CANDIDATES:
+                break  # each is read to its `:=`: a bound, or `theorem t theorem t ...` is n²
             begin = starts[tok.line - 1] + tok.column
             try:
                 theirs = parse_statement(body[begin:])
@@ -942,6 +954,37 @@ class LeanVerifier:
     async def verify(self, payload: str, spec: LeanSpec, sandbox: Sandbox) -> Verdict:
         if not payload.strip():
             return Verdict(Status.FORMAT_ERROR, 0.0, "the completion holds no Lean code")
+        if len(payload) > MAX_CHARS:
+            return Verdict(
+                Status.FORMAT_ERROR,
+                0.0,
+                f"the proof is {len(payload)} characters long; at most {MAX_CHARS} are judged",
+            )
+        # The text checks read the payload several times with a lexer in Python: off the loop.
+        early = await asyncio.to_thread(self._text_checks, payload, spec)
+        if isinstance(early, Verdict):
+            return early
+        statement, split = early
+        header = spec.header if spec.header is not None else self.default_header
+        header_imports, header_rest = _imports_and_rest(header)
+        job = Job(
+            split=split if split.imports else Split(header_imports, split.body, split.body_line),
+            header_rest=header_rest,
+            statement=statement,
+            spec=spec,
+            # A completion repeating the header's imports is judged as on the header.
+            own_imports=bool(split.imports) and set(split.imports) != set(header_imports),
+        )
+        checked = await self.backend.check(job, sandbox)
+        if checked.verdict is not None:
+            return checked.verdict
+        assert checked.probe is not None
+        return judge_probe(checked.probe, spec, statement)
+
+    @staticmethod
+    def _text_checks(payload: str, spec: LeanSpec) -> Verdict | tuple[Statement | None, Split]:
+        """What can be judged before Lean sees the payload: a verdict, else the spec's
+        statement and the payload's imports and body."""
         statement = None
         if spec.theorem is not None:
             try:
@@ -949,8 +992,6 @@ class LeanVerifier:
             except ValueError as exc:
                 return Verdict.unjudged(Status.INVALID_SPEC, str(exc))
         split = split_imports(payload.rstrip())
-        header = spec.header if spec.header is not None else self.default_header
-        header_imports, header_rest = _imports_and_rest(header)
         found = violations(split.body, spec.allow)
         if found:
             shown = "\n".join(v.describe(split.body_line - 1) for v in found[:3])
@@ -975,19 +1016,7 @@ class LeanVerifier:
                 declares = any(t.text in ("theorem", "lemma") for t in tokens(split.body))
                 status = Status.FORBIDDEN if declares else Status.FAILED
                 return Verdict(status, 0.0, why)
-        job = Job(
-            split=split if split.imports else Split(header_imports, split.body, split.body_line),
-            header_rest=header_rest,
-            statement=statement,
-            spec=spec,
-            # A completion repeating the header's imports is judged as on the header.
-            own_imports=bool(split.imports) and set(split.imports) != set(header_imports),
-        )
-        checked = await self.backend.check(job, sandbox)
-        if checked.verdict is not None:
-            return checked.verdict
-        assert checked.probe is not None
-        return judge_probe(checked.probe, spec, statement)
+        return statement, split
 
 
 __all__ = [

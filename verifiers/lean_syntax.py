@@ -159,6 +159,12 @@ def _ident_rest(ch: str) -> bool:
     )
 
 
+# Matched at a position of the whole text, never on a copy of its rest (`text[i:]` at each
+# `r` or `'` made tokenizing quadratic: seconds for 20,000 characters).
+_RAW_STRING = re.compile(r'r(#*)"')
+_CHAR = re.compile(r"'(\\.[^'\n]{0,16}|[^'\\])'")
+
+
 def tokens(text: str, *, literals: bool = False) -> Iterator[Token]:
     """The tokens of Lean text, comments and literal contents left out (`literals`: string
     and character literals are tokens too, whole)."""
@@ -205,8 +211,9 @@ def tokens(text: str, *, literals: bool = False) -> Iterator[Token]:
                 yield from _shifted(tokens(text[i + 1 : j]), start_line, start_col + 1)
             advance(min(j + 1, n))
             continue
-        if ch == "r" and re.match(r'r#*"', text[i:]):
-            hashes = len(re.match(r"r(#*)", text[i:])[1])  # type: ignore[index]
+        raw = _RAW_STRING.match(text, i) if ch == "r" else None
+        if raw is not None:
+            hashes = len(raw[1])
             close = '"' + "#" * hashes
             end = text.find(close, i + 2 + hashes)
             stop = n if end < 0 else end + len(close)
@@ -215,11 +222,11 @@ def tokens(text: str, *, literals: bool = False) -> Iterator[Token]:
             advance(stop)
             continue
         if ch == "'" and (i == 0 or not _ident_rest(text[i - 1])):
-            m = re.match(r"'(\\.[^']*|[^'\\])'", text[i:])
+            m = _CHAR.match(text, i)
             if m:
                 if literals:
                     yield Token(m[0], start_line, start_col)
-                advance(i + m.end())
+                advance(m.end())
                 continue
         if ch == "«":
             end = text.find("»", i)
@@ -302,6 +309,7 @@ def violations(text: str, allow: Iterable[str] = ()) -> list[Violation]:
     lookup = {word: group for group, words in FORBIDDEN.items() for word in words}
     found: list[Violation] = []
     toks = list(tokens(text))
+    listed = -1  # the last token of the attribute lists read so far
     for k, tok in enumerate(toks):
         word = tok.text
         group = lookup.get(word)
@@ -318,7 +326,14 @@ def violations(text: str, allow: Iterable[str] = ()) -> list[Violation]:
             if _FORBIDDEN_OPTION.match(option):
                 found.append(Violation("options", f"set_option {option}", tok.line, tok.column))
         if word in ("@[", "attribute") and "attributes" not in allowed:
-            found.extend(_attribute_violations(toks, k, allowed))
+            if k <= listed:
+                # Inside another attribute list, which no Lean parses: refused as it is, not
+                # read again (each list read to its end made `@[@[@[...` quadratic).
+                found.append(Violation("attributes", word, tok.line, tok.column))
+                continue
+            end, inside = _attribute_violations(toks, k, allowed)
+            found.extend(inside)
+            listed = end
     seen: set[tuple[int, int]] = set()
     unique = []
     for v in found:  # `attribute [instance]` is both an attribute and the instance keyword
@@ -341,12 +356,16 @@ def _assigns(toks: list[Token], k: int) -> bool:
     )
 
 
-def _attribute_violations(toks: list[Token], k: int, allowed: set[str]) -> Iterator[Violation]:
-    """The attributes of `@[...]` or `attribute [...]` at toks[k] that are not data-only."""
+def _attribute_violations(
+    toks: list[Token], k: int, allowed: set[str]
+) -> tuple[int, list[Violation]]:
+    """Where the attribute list of `@[...]` or `attribute [...]` at toks[k] ends (its `]`, or
+    the last token), and its attributes that are not data-only."""
     j = k + 1
+    out: list[Violation] = []
     if toks[k].text == "attribute":
         if j >= len(toks) or toks[j].text != "[":
-            return
+            return k, out
         j += 1
     depth, expect_name = 0, True
     while j < len(toks):
@@ -357,7 +376,7 @@ def _attribute_violations(toks: list[Token], k: int, allowed: set[str]) -> Itera
             depth -= 1
         elif text == "]":
             if depth == 0:
-                return
+                return j, out
             depth -= 1
         elif text == "," and depth == 0:
             expect_name = True
@@ -366,10 +385,13 @@ def _attribute_violations(toks: list[Token], k: int, allowed: set[str]) -> Itera
             name = text
             if name == "instance":
                 if "instance" not in allowed:
-                    yield Violation("instance", "attribute instance", toks[j].line, toks[j].column)
+                    out.append(
+                        Violation("instance", "attribute instance", toks[j].line, toks[j].column)
+                    )
             elif name not in SAFE_ATTRIBUTES and not name.startswith("grind"):
-                yield Violation("attributes", f"@[{name}]", toks[j].line, toks[j].column)
+                out.append(Violation("attributes", f"@[{name}]", toks[j].line, toks[j].column))
         j += 1
+    return len(toks) - 1, out
 
 
 def sorry_ax_at(text: str) -> Token | None:
@@ -483,16 +505,22 @@ def _top_level_assign(text: str) -> int:
     """Where the statement's `:=` is (the first one outside brackets, comments and strings)."""
     offsets = _line_offsets(text)
     depth = 0
-    toks = list(tokens(text))
-    for k, tok in enumerate(toks):
+    last: Token | None = None
+    for tok in tokens(text):  # read only as far as the `:=`
+        if (
+            last is not None
+            and last.text == ":"
+            and depth == 0
+            and tok.text == "="
+            and tok.line == last.line
+            and tok.column == last.column + 1
+        ):
+            return offsets[last.line - 1] + last.column
         if tok.text in "([{⟨":
             depth += 1
         elif tok.text in ")]}⟩":
             depth -= 1
-        elif tok.text == ":" and depth == 0 and k + 1 < len(toks):
-            nxt = toks[k + 1]
-            if nxt.text == "=" and nxt.line == tok.line and nxt.column == tok.column + 1:
-                return offsets[tok.line - 1] + tok.column
+        last = tok
     return -1
 
 

@@ -149,8 +149,14 @@ def _char_literal(text: str, i: int) -> bool:
 def _before_main_end(tests: str, end: str) -> str:
     mask = _code_mask(tests)
     starts = [m.start() for m in _MAIN.finditer(tests) if mask[m.start()]]
+    # Each start's first `{` or `;` is looked for only up to the later start, whose own is the
+    # answer past it: every character is read once (`main(main(main(...` was n²).
+    later_start, later_opening = len(tests), -1
     for start in reversed(starts):
-        opening = next((i for i in range(start, len(tests)) if mask[i] and tests[i] in "{;"), -1)
+        opening = next(
+            (i for i in range(start, later_start) if mask[i] and tests[i] in "{;"), later_opening
+        )
+        later_start, later_opening = start, opening
         if opening < 0 or tests[opening] != "{":
             continue  # a call or a declaration, not a definition
         depth = 0
@@ -170,7 +176,9 @@ def _before_main_end(tests: str, end: str) -> str:
 
 
 # A last `return 0;` (C, C++) ends main before the token; the token goes before it.
-_LAST_RETURN = re.compile(r"return\s*(?:0|EXIT_SUCCESS)?\s*;\s*$")
+# (One `\s*` before the optional value, not two around it: two split a run of blanks every way,
+# n² per `return`.)
+_LAST_RETURN = re.compile(r"return\s*(?:(?:0|EXIT_SUCCESS)\s*)?;\s*$")
 
 
 def _insert_before_return(tests: str, opening: int, closing: int, end: str) -> str:
@@ -180,7 +188,9 @@ def _insert_before_return(tests: str, opening: int, closing: int, end: str) -> s
     return f"{tests[:at]}\n{end}\n{tests[at:]}"
 
 
-_END_PROGRAM = re.compile(r"(?im)^\s*end\s*(?:program\b.*)?$")
+# Blanks, not `\s`, around `end`: `\s*` at each line start ran over every later blank line,
+# n² for a test code of blank lines.
+_END_PROGRAM = re.compile(r"(?im)^[ \t]*end[ \t]*(?:program\b.*)?$")
 
 
 def _before_end_program(tests: str, end: str) -> str:

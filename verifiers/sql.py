@@ -64,6 +64,13 @@ ENGINES = ("sqlite", "duckdb", "postgres")
 PYTHON = "/usr/bin/python3"  # Debian's: the same 3.11 ABI as the venv whose packages it imports
 _WORKER_SOURCE = Path(__file__).with_name("sql_worker.py")
 _DB_ID = re.compile(r"^[\w.-]{1,200}$")
+FIXTURE_BYTES = 8 << 20
+"""The largest database a `setup_sql` may build: it comes back to the service whole, as one
+line of base64, and is kept (per distinct setup) in the service's temp dir."""
+MAX_CHARS = 100_000
+"""The longest predicted query judged: sqlglot parses it in the service (3 to 4 ms of CPU per
+1,000 characters of hostile text, bench/service_cost.py); BIRD's and Spider's gold queries
+are under 2,000."""
 _GRACE_S = 5.0  # past a query's own deadline, before its worker is given up for stuck
 _SHOWN = 200  # characters of a row shown in feedback
 _MODULES = {"duckdb": ("duckdb",), "postgres": ("psycopg", "psycopg_binary")}
@@ -577,7 +584,12 @@ class SqlVerifier:
         tool = await sandbox.spawn(spec)
         worker = _Worker(tool)
         try:
-            request = {"op": "build", "setup_sql": setup_sql, "timeout_s": 60}
+            request = {
+                "op": "build",
+                "setup_sql": setup_sql,
+                "timeout_s": 60,
+                "max_bytes": FIXTURE_BYTES,
+            }
             try:
                 answer = await worker.ask(request, 60 + _GRACE_S)
             except _Stuck:
@@ -594,9 +606,13 @@ class SqlVerifier:
             if not answer.get("ok"):
                 return f"setup_sql failed: {answer.get('error', '')}"
             try:
-                blob = base64.b64decode(await worker.read_line(60))
+                line = await worker.read_line(60)
+                blob = await asyncio.to_thread(base64.b64decode, line)
+                del line
             except ValueError:
-                return "setup_sql built a database too large to keep (48 MB at most)"
+                return (
+                    f"setup_sql built a database too large to keep ({FIXTURE_BYTES} bytes at most)"
+                )
         finally:
             await tool.close()
         if self._fixture_dir is None:
@@ -612,6 +628,12 @@ class SqlVerifier:
     async def verify(self, payload: str, spec: SqlSpec, sandbox: Sandbox) -> Verdict:
         engine = self._engine(spec)
         assert engine is not None  # check() said so
+        if len(payload) > MAX_CHARS:
+            return Verdict(
+                Status.FORMAT_ERROR,
+                0.0,
+                f"the query is {len(payload)} characters long; at most {MAX_CHARS} are judged",
+            )
         try:
             checked = await asyncio.to_thread(
                 check_prediction, payload, engine, spec.transpile_from

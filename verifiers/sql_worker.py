@@ -344,6 +344,9 @@ def main() -> None:
                     _sqlite_build(TARGET, request["setup_sql"], deadline)
                 else:
                     _duckdb_build(TARGET, request["setup_sql"], timeout_s)
+                size, cap = os.path.getsize(TARGET), int(request.get("max_bytes", 1 << 62))
+                if size > cap:  # the service reads it whole, as a line: it stays small
+                    raise TooMany("size", f"the database it built is {size} bytes; at most {cap}")
                 with open(TARGET, "rb") as f:
                     blob = f.read()
                 answer = {"ok": True, "size": len(blob)}

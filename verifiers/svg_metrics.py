@@ -138,8 +138,9 @@ def to_float(images: Sequence[torch.Tensor], on: torch.device) -> torch.Tensor:
 
 
 CHUNK = 8
-"""Pairs compared at once inside a batch: enough for BLAS to run at full speed, and the
-filtered planes (about 20 MB a pair at 256 px) stay small."""
+"""Pairs compared at once inside a batch at 256 px: enough for BLAS to run at full speed, and
+the filtered planes (about 20 MB a pair at 256 px) stay small. Larger images go fewer at a time
+(the same pixels: 2 pairs at 512 px, 1 at 1024), so that a batch of big ones holds no more."""
 
 
 @torch.inference_mode()
@@ -151,9 +152,11 @@ def compare(
     """Every metric for each (render, target) pair; images uint8 (H, W, 3), one size per call."""
     on = on or device()
     out: list[dict[str, float]] = []
-    for start in range(0, len(renders), CHUNK):
-        a = to_float(renders[start : start + CHUNK], on)
-        b = to_float(targets[start : start + CHUNK], on)
+    pixels = renders[0].shape[0] * renders[0].shape[1] if renders else 1
+    chunk = max(1, CHUNK * 256 * 256 // pixels)
+    for start in range(0, len(renders), chunk):
+        a = to_float(renders[start : start + chunk], on)
+        b = to_float(targets[start : start + chunk], on)
         structural, blank = ssim(a, b)
         scores = {
             "pixel": pixel(a, b),

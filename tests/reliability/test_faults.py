@@ -184,11 +184,6 @@ MARKERS = {
 }
 
 
-# Once in several runs, a tool killed this way leaves an asyncio subprocess transport that is
-# never closed (a ResourceWarning when it is collected; which tool, not yet found; README
-# "Reliability", left to do). It is collected here, inside this test, and not counted.
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", ["code", "sql", "svg", "dafny", "lean"])
 def test_a_tool_killed_mid_batch(kind: str, data_dir: Path, lean_dir: Path) -> None:
     if kind == "dafny" and not DAFNY:

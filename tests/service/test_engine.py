@@ -199,6 +199,25 @@ async def test_item_deadline_kills_the_run(sandbox: CountingSandbox) -> None:
     assert results[0].elapsed_ms < 10_000
 
 
+async def test_a_completion_past_the_cap_is_not_read(sandbox: CountingSandbox) -> None:
+    engine = make_engine(sandbox, max_completion_chars=100)
+    at_cap = "print(3)" + " " * 92
+    items = [
+        code_item(at_cap),
+        code_item(at_cap + " "),
+        ScoreItem(verifier="nope", completion="x" * 101),
+    ]
+    results = await engine.score(items)
+    assert [(r.status, r.reward) for r in results] == [
+        ("passed", 1.0),
+        ("format_error", 0.0),
+        ("unavailable", None),
+    ]
+    assert "101 characters long" in results[1].feedback
+    assert "ASSAY_MAX_COMPLETION_CHARS" in results[1].feedback
+    assert sandbox.runs == 1
+
+
 async def test_concurrency_limit_per_verifier(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox, concurrency={"code": 2})
     items = [code_item(f"import time\ntime.sleep(0.3)\nprint({i})") for i in range(6)]

@@ -1079,3 +1079,30 @@ async def test_commands_and_tactic_steps_through_the_client(
     finally:
         await repl.close()
     assert not repl.alive
+
+
+def test_the_text_checks_stay_linear_and_see_the_same_tokens() -> None:
+    """What the service reads of a Lean text, it reads once (tests/reliability/
+    test_service_cost.py measures the CPU): nested attribute lists are refused, not each read
+    to the end; char and raw-string literals are matched where they stand."""
+    from pydantic import ValidationError
+
+    from assay.clients.schema import LeanSpec
+    from assay.verifiers.lean import statement_text_matches
+    from assay.verifiers.lean_syntax import parse_statement, tokens, violations
+
+    found = violations("@[simp, @[implemented_by f] x] theorem t : True := trivial")
+    assert [(v.group, v.what) for v in found] == [
+        ("attributes", "@[@[]"),
+        ("unsafe", "implemented_by"),
+    ]
+    assert len(violations("@[" * 20000)) == 19999  # each nested one refused, in linear time
+    literals = [t.text for t in tokens("x := 'a' + '\\n' + r#\"q\"# + c", literals=True)]
+    assert literals == ["x", ":", "=", "'a'", "+", "'\\n'", "+", 'r#"q"#', "+", "c"]
+    statement = parse_statement("theorem t : 1 = 1")
+    repeated = "theorem t " * 5000 + "theorem t : 1 = 1 := rfl"
+    assert statement_text_matches(repeated, statement) is not None  # past the candidates read
+    assert statement_text_matches("theorem t : 1 = 1 := rfl", statement) is None
+    # An unclosed comment in the spec's statement runs to its end (linear), and is refused.
+    with pytest.raises(ValidationError, match="must be one"):
+        LeanSpec(theorem="/-" * 40000 + "theorem t : 1 = 1")
