@@ -1,6 +1,6 @@
 """Benchmark: warm execution (programs forked from warm interpreters) and multi-run jobs.
 
-Four parts, each comparing ways in the same run (read the ratios; this machine is shared):
+Five parts, each comparing ways in the same run (read the ratios; this machine is shared):
 
 1. `stdin`: the 1,000 "sum" programs of `code_sum.py` (one I/O test each) through a real
    `assay serve` warm (default settings) and cold (`warm_python_workers=0`), both with the
@@ -11,8 +11,11 @@ Four parts, each comparing ways in the same run (read the ratios; this machine i
    per item (`run_many`, cold), and warm; bubblewrap starts counted.
 3. `humaneval`: the 164 canonical HumanEval solutions through `test_code`, warm and cold.
 4. `latency`: one item at a time on an idle service, warm and cold: p50 and p99.
+5. `cpu` (not run by default): CPU per item of every process of the warm, floor and plain
+   ways, from a cgroup of the benchmark's own (needs root): less swayed by other work on the
+   machine than items/s.
 
-    .venv/bin/python bench/warm.py [--rounds 3] [--parts stdin,io,humaneval,latency]
+    .venv/bin/python bench/warm.py [--rounds 3] [--parts stdin,io,humaneval,latency,cpu]
 """
 
 from __future__ import annotations
@@ -310,6 +313,78 @@ def part_latency(n: int) -> dict[str, Any]:
     return out
 
 
+# -- CPU per item ---------------------------------------------------------------------------------
+
+
+class CpuCgroup:
+    """A cgroup holding this process and everything it starts, for their CPU time together
+    (cgroup v1's cpuacct or v2; needs root). Its usage takes in processes that have exited,
+    which `getrusage` misses when nobody waits for them (killed sandboxes)."""
+
+    def __init__(self) -> None:
+        v1 = Path("/sys/fs/cgroup/cpuacct")
+        if v1.is_dir():
+            self.path, self.back = v1 / f"assay-bench-{os.getpid()}", v1
+        else:
+            here = Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip()
+            self.back = Path("/sys/fs/cgroup") / here.lstrip("/")
+            self.path = Path("/sys/fs/cgroup") / f"assay-bench-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def used_s(self) -> float:
+        if (self.path / "cpuacct.usage").exists():
+            return int((self.path / "cpuacct.usage").read_text()) / 1e9
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e6
+
+    def close(self) -> None:
+        (self.back / "cgroup.procs").write_text(str(os.getpid()))
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:  # a process of the last way still leaving
+                time.sleep(0.1)
+
+
+def part_cpu(n: int) -> dict[str, Any]:
+    """CPU milliseconds per item, every process of each way counted (the service, its
+    sandboxes, the client; the floor's and plain's drivers and children), warm against the
+    floor and plain, 1,000 stdin programs each."""
+    try:
+        group = CpuCgroup()
+    except OSError as exc:
+        print(f"cpu: no cgroup of its own here ({exc}); skipped", file=sys.stderr)
+        return {"skipped": str(exc)}
+    out: dict[str, Any] = {}
+    try:
+        warm = code_sum.Service({"cache_entries": "0"})
+        try:
+            with AssayClient(warm.url, timeout=600) as client:
+                client.score(code_sum.make_items(2 * CORES, seed=999))
+                items = code_sum.make_items(n, seed=5)
+                ways = {
+                    "warm": lambda: code_sum.run_service(client, items),
+                    "floor": lambda: run_floor(items),
+                    "plain": lambda: code_sum.run_plain(items),
+                }
+                for way, run in ways.items():
+                    before = group.used_s()
+                    seconds, _ = run()
+                    used = group.used_s() - before
+                    out[way] = {
+                        "cpu_ms_per_item": round(used / n * 1000, 2),
+                        "items_per_s": round(n / seconds, 1),
+                    }
+                    print(f"cpu {way}: {out[way]}", file=sys.stderr)
+        finally:
+            warm.close()
+    finally:
+        group.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -330,6 +405,8 @@ def main() -> int:
         report["humaneval"] = part_humaneval(args.rounds)
     if "latency" in parts:
         report["latency"] = part_latency(args.latency_items)
+    if "cpu" in parts:
+        report["cpu"] = part_cpu(args.items)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(
