@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,7 +15,7 @@ from assay.sandboxes.base import Build, MultiJob, Run
 from assay.sandboxes.docker import DockerSandbox
 from assay.verifiers.base import Status
 from assay.verifiers.code import classify
-from tests.containers.engine import build, engine
+from tests.containers.engine import build
 from tests.sandboxes.test_contract import HOSTILE, LIMITS, PYTHON, SLACK_S, Hostile
 
 pytest.importorskip("docker")
@@ -29,14 +29,6 @@ _IN_A_CONTAINER = {
     # killer stops the children; on a loaded machine the kills may outlast the deadline.
     "forks_to_multiply_its_memory": None,
 }
-
-
-@pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with engine() as url:
-        if url is None:
-            pytest.skip("no container engine here (scripts/install test sets up Podman)")
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.containers.engine import ROOT, build, engine
+from tests.containers.engine import ROOT, build
 
 pytest.importorskip("docker")
 
@@ -35,14 +34,6 @@ async def main() -> None:
 
 asyncio.run(main())
 """
-
-
-@pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with engine() as url:
-        if url is None:
-            pytest.skip("no container engine here (scripts/install test sets up Podman)")
-        yield url
 
 
 def _running(url: str, ids: list[str]) -> list[str]:

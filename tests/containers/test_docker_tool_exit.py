@@ -11,7 +11,7 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from assay.clients.schema import SqlSpec
 from assay.sandboxes.base import Limits, ToolSpec, exit_status, killed_from_outside
 from assay.sandboxes.docker import DockerSandbox
 from assay.verifiers.sql import SqlVerifier
-from tests.containers.engine import build_tool, engine
+from tests.containers.engine import build_tool
 from tests.verifiers.sql_data import statements
 from tests.verifiers.sql_servers import make_sqlite, shared_dir
 
@@ -34,14 +34,6 @@ SLOW = (
     "SELECT status, COUNT(*) FROM orders WHERE (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
     "SELECT x + 1 FROM c WHERE x < 3000000) SELECT COUNT(*) FROM c) > 0 GROUP BY status"
 )
-
-
-@pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with engine() as url:
-        if url is None:
-            pytest.skip("no container engine here (scripts/install test sets up Podman)")
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from assay.sandboxes.docker import DockerSandbox
 from assay.sandboxes.errors import SandboxUnavailable
 from assay.verifiers.base import Status
 from assay.verifiers.sql import SqlVerifier, Target
-from tests.containers.engine import build_tool, engine
+from tests.containers.engine import build_tool
 from tests.verifiers.sql_data import statements
 from tests.verifiers.sql_servers import (
     Postgres,
@@ -36,14 +36,6 @@ pytest.importorskip("docker")
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SHOP = statements()
-
-
-@pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with engine() as url:
-        if url is None:
-            pytest.skip("no container engine here (scripts/install test sets up Podman)")
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from assay.clients.schema import CodeSpec
 from assay.sandboxes.docker import DockerSandbox
 from assay.sandboxes.languages import languages
 from assay.verifiers import CodeVerifier, Status
-from tests.containers.engine import ROOT, engine
+from tests.containers.engine import ROOT
 from tests.verifiers.language_programs import PROGRAMS
 
 pytest.importorskip("docker")
@@ -66,14 +65,6 @@ def test_every_available_language_has_an_image() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     default = compose["services"]["assay"]["environment"]["ASSAY_DOCKER_IMAGES"]
     assert json.loads(default.split(":-", 1)[1].removesuffix("}")) == list(images())
-
-
-@pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with engine() as url:
-        if url is None:
-            pytest.skip("no container engine here (scripts/install test sets up Podman)")
-        yield url
 
 
 def _built(url: str, image: str) -> bool:
