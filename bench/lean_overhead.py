@@ -40,8 +40,6 @@ from assay.verifiers.lean import LeanVerifier  # noqa: E402
 from assay.verifiers.lean_repl import LeanRepl  # noqa: E402
 from tests.verifiers.lean_support import (  # noqa: E402
     HEADER,
-    NONCE,
-    STANDARD,
     STANDIN,
     Script,
     env_answer,
@@ -63,15 +61,7 @@ def script_for(bodies: list[str]) -> Script:
         # assay sends it on the reference's env (2), the plain way on the header's (0)
         script.completion(body, 2, env_answer(3), "recorded", repeat=True)
         script.completion(body, 0, env_answer(3), "recorded", repeat=True)
-        script.probe(
-            env=3,
-            proof=k,
-            target="mathd_numbertheory_188",
-            reference=f"assay_ref_{NONCE}_0",
-            decls=[("mathd_numbertheory_188", "theorem")],
-            axioms=STANDARD,
-            statement={"found": True, "kind": "theorem", "same": True},
-        )
+        script.probe_proved(env=3, proof=k, target="mathd_numbertheory_188")
     return script
 
 

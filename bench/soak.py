@@ -113,8 +113,6 @@ def write_lean_script(folder: Path, items: int) -> tuple[list[str], str]:
     sys.path.insert(0, str(ROOT))  # the script's builder lives with the tests that use it
     from tests.verifiers.lean_support import (
         HEADER,
-        NONCE,
-        STANDARD,
         STANDIN,
         Script,
         env_answer,
@@ -126,16 +124,7 @@ def write_lean_script(folder: Path, items: int) -> tuple[list[str], str]:
     for n in range(-10, items):
         script.completion(lean_proof(n), 2, env_answer(1), "recorded", repeat=True)
     for proof in range(1, LEAN_PROOFS + 1):
-        script.probe(
-            env=1,
-            proof=proof,
-            target="mathd_numbertheory_188",
-            reference=f"assay_ref_{NONCE}_0",
-            decls=[("mathd_numbertheory_188", "theorem")],
-            axioms=STANDARD,
-            statement={"found": True, "kind": "theorem", "same": True},
-        )
-        script.exchanges[-1]["repeat"] = True
+        script.probe_proved(env=1, proof=proof, target="mathd_numbertheory_188", repeat=True)
     path = script.write(folder)
     return ["/usr/bin/python3", "-I", str(STANDIN), str(path)], HEADER
 

@@ -43,6 +43,7 @@ import _signal  # type: ignore[import-not-found]  # (no stub: the C half of `sig
 import builtins
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -142,14 +143,9 @@ class _Kernel:
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-_kernel: _Kernel | None = None
-
-
+@functools.cache
 def kernel() -> _Kernel:
-    global _kernel
-    if _kernel is None:
-        _kernel = _Kernel()
-    return _kernel
+    return _Kernel()
 
 
 def clone_into_namespaces() -> int:
@@ -269,14 +265,9 @@ class _Calls:
         self.call(self.capset, "capset")
 
 
-_calls: _Calls | None = None
-
-
+@functools.cache
 def calls() -> _Calls:
-    global _calls
-    if _calls is None:
-        _calls = _Calls()
-    return _calls
+    return _Calls()
 
 
 # -- one run ------------------------------------------------------------------------------------

@@ -26,8 +26,6 @@ from assay.verifiers import CodeVerifier, DafnyVerifier, LeanVerifier, SqlVerifi
 from tests.conftest import needs_bwrap
 from tests.verifiers.lean_support import (
     HEADER,
-    NONCE,
-    STANDARD,
     Script,
     env_answer,
     standin_backend,
@@ -136,16 +134,7 @@ def lean_script(tags: list[str]) -> Script:
     for tag in tags:
         script.completion(lean_proof(tag), 2, env_answer(1), "recorded", repeat=True, delay_s=0.3)
     for proof in range(1, 41):
-        script.probe(
-            env=1,
-            proof=proof,
-            target="mathd_numbertheory_188",
-            reference=f"assay_ref_{NONCE}_0",
-            decls=[("mathd_numbertheory_188", "theorem")],
-            axioms=STANDARD,
-            statement={"found": True, "kind": "theorem", "same": True},
-        )
-        script.exchanges[-1]["repeat"] = True
+        script.probe_proved(env=1, proof=proof, target="mathd_numbertheory_188", repeat=True)
     return script
 
 

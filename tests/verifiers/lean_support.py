@@ -177,6 +177,21 @@ class Script:
         reply = probe_answer(tag, env + 10, replay=replay_errors, **answer)
         self.add({"cmd": command, "env": env}, reply, "constructed")
 
+    def probe_proved(self, *, env: int, proof: int, target: str, repeat: bool = False) -> None:
+        """The probe of a proof that proves `target` as the reference states it, on the
+        standard axioms alone (what a right proof's check finds)."""
+        self.probe(
+            env=env,
+            proof=proof,
+            target=target,
+            reference=f"assay_ref_{NONCE}_0",
+            decls=[(target, "theorem")],
+            axioms=STANDARD,
+            statement={"found": True, "kind": "theorem", "same": True},
+        )
+        if repeat:
+            self.exchanges[-1]["repeat"] = True
+
     def write(self, folder: Path) -> Path:
         os.chmod(folder, 0o755)
         path = folder / "script.json"

@@ -164,15 +164,7 @@ def test_requests_escape_newlines_the_repl_would_drop() -> None:
 def _passing(script: Script, body: str = GCD_PROOF, proof: int = 1, env_out: int = 1) -> None:
     """A proof of mathd_numbertheory_188 that Lean accepts (recorded: H20231020's answer)."""
     script.completion(body, 2, env_answer(env_out), "recorded", repeat=True)
-    script.probe(
-        env=env_out,
-        proof=proof,
-        target="mathd_numbertheory_188",
-        reference=f"assay_ref_{NONCE}_0",
-        decls=[("mathd_numbertheory_188", "theorem")],
-        axioms=STANDARD,
-        statement={"found": True, "kind": "theorem", "same": True},
-    )
+    script.probe_proved(env=env_out, proof=proof, target="mathd_numbertheory_188")
 
 
 def _gcd_script() -> Script:
@@ -576,16 +568,7 @@ def _three_proof_script() -> Script:
     script = _gcd_script()
     script.completion(GCD_PROOF, 2, env_answer(1), "recorded", repeat=True)
     for proof in (1, 2, 3):
-        script.probe(
-            env=1,
-            proof=proof,
-            target="mathd_numbertheory_188",
-            reference=f"assay_ref_{NONCE}_0",
-            decls=[("mathd_numbertheory_188", "theorem")],
-            axioms=STANDARD,
-            statement={"found": True, "kind": "theorem", "same": True},
-        )
-        script.exchanges[-1]["repeat"] = True
+        script.probe_proved(env=1, proof=proof, target="mathd_numbertheory_188", repeat=True)
     return script
 
 
