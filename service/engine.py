@@ -9,11 +9,12 @@ goes wrong with one item becomes that item's status; the batch always completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,6 +240,17 @@ class Engine:
 
     async def stream(self, items: Sequence[ScoreItem]) -> AsyncIterator[tuple[int, ScoreResult]]:
         """Results as they finish, each with its item's index."""
+        async with contextlib.aclosing(self.stream_ready(items)) as ready:
+            async for results in ready:
+                for pair in results:
+                    yield pair
+
+    async def stream_ready(
+        self, items: Sequence[ScoreItem]
+    ) -> AsyncGenerator[list[tuple[int, ScoreResult]], None]:
+        """Results as they finish, each with its item's index: all that are ready at once,
+        together (a stream sends them in one write: one system call and one wake-up of the
+        client for many results when items finish faster than the client reads)."""
         self.in_flight += len(items)
         if self.in_flight:
             self._idle.clear()
@@ -305,8 +317,13 @@ class Engine:
             for task in tasks:
                 task.cancel()
         try:
-            for _ in tasks:
-                yield await queue.get()
+            left = len(tasks)
+            while left:
+                ready = [await queue.get()]
+                while len(ready) < left and not queue.empty():
+                    ready.append(queue.get_nowait())
+                left -= len(ready)
+                yield ready
         finally:
             # Each item stops waiting; a run that no other request waits for is cancelled.
             for task in tasks:

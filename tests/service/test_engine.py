@@ -245,6 +245,24 @@ async def test_results_keep_order_and_stream_by_completion(sandbox: CountingSand
     assert streamed == [(1, "fast2"), (0, "slow2")]
 
 
+async def test_results_ready_together_come_together(sandbox: CountingSandbox) -> None:
+    """Items that finish while the reader is busy come in one group (one write of a stream):
+    every item once, none lost or repeated, and fewer groups than items."""
+    engine = make_engine(sandbox)
+    items = [ScoreItem(id=i, verifier="nope", completion="x", spec={}) for i in range(30)]
+    items.append(code_item("print(3)", "ran"))
+    groups = []
+    async with contextlib.aclosing(engine.stream_ready(items)) as ready:
+        async for group in ready:
+            groups.append(group)
+            await asyncio.sleep(0.05)  # a slow reader: the rest finish meanwhile
+    indexes = sorted(i for group in groups for i, _ in group)
+    assert indexes == list(range(len(items)))
+    assert 1 < len(groups) < len(items)
+    assert max(len(g) for g in groups) > 1
+    assert all(r.id == i for group in groups for i, r in group if i < 30)
+
+
 async def test_abandoned_stream_cancels_its_work(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox, concurrency={"code": 1})
     stream = engine.stream(
