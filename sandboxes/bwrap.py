@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORK_DIR = "/work"
+SANDBOX_UID = 1000  # a job's uid (and gid) inside its sandbox
+# The uids a warm worker's programs take in turn (`runner.serve_warm`), where the service runs
+# as root and maps them: a program's processes are all gone before the next program starts,
+# so a few are enough for no program to share its uid with the one before it.
+WARM_PROGRAM_UIDS = 4
 # What of /etc a job sees: what toolchains read (the dynamic linker's cache, alternatives
 # symlinks, users, time zone, certificates, language runtimes' own config), and nothing else:
 # /etc also holds things like pip.conf, npmrc or an environment file that may carry secrets.
@@ -141,21 +146,34 @@ def bwrap_args(
     ro_paths: tuple[str, ...] = (),
     env: Mapping[str, str] | None = None,
     runner: bool = False,
+    uids_mapped: bool = False,
 ) -> list[str]:
     """bwrap's argv for `job`, with its files from `fds`, `extra` options, host paths bound
     read-only where they are, and `env` added to the sandbox's environment. A `runner`
     job (`runner.py`) keeps CAP_SYS_ADMIN inside the sandbox's user namespace, to make
-    each run's namespaces, and sets each run's process limit itself."""
+    each run's namespaces, and sets each run's process limit itself.
+
+    `uids_mapped`: the service maps the user namespace's uids itself (`BwrapGate`): a warm
+    worker's and its programs' (`WARM_PROGRAM_UIDS`). bwrap's `--disable-userns` would put the
+    sandbox in a nested namespace of one uid, so the runner refuses further user namespaces
+    itself (`runner._refuse_user_namespaces`), and keeps what it needs to give each program
+    its uid and files and end it: CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_KILL, and
+    CAP_SYS_RESOURCE (to set the namespace's limit), all within the sandbox's user
+    namespace."""
     # Room for two files of the largest size, so that one big file meets the file-size
     # limit (a clear EFBIG / SIGXFSZ) before it fills the work dir.
     size = str(2 * job.limits.file_mb << 20)
     # No user namespaces inside: a nested one would give the job the right to mount fresh,
     # unsized tmpfs (memory outside every limit) and reach kernel code meant for root.
-    args = [bwrap, *extra, "--unshare-all", "--unshare-user", "--disable-userns"]
-    args += ["--uid", "1000", "--gid", "1000"]
+    args = [bwrap, *extra, "--unshare-all", "--unshare-user"]
+    if not uids_mapped:
+        args += ["--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
     if runner:
         args += ["--cap-add", "CAP_SYS_ADMIN"]
+    if runner and uids_mapped:
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_SYS_RESOURCE"):
+            args += ["--cap-add", cap]
     args += ["--ro-bind", "/usr", "/usr"]
     for hidden in _USR_ETC:
         if os.path.isdir(hidden):

@@ -52,6 +52,8 @@ from assay.sandboxes.base import (
 from assay.sandboxes.bwrap import (
     ETC_ALLOWED,
     SANDBOX_PATH,
+    SANDBOX_UID,
+    WARM_PROGRAM_UIDS,
     bwrap_args,
     make_etc_view,
     sandbox_env,
@@ -240,6 +242,8 @@ class LocalSandbox:
             "backend": self.name,
             "isolation": self.isolation,
             "uid_per_job": self._uids is not None,
+            # A warm worker's programs each take one of its uids in turn (`runner.serve_warm`).
+            "uid_per_warm_program": self._uids is not None and self.isolation == "bwrap",
             "memory_cgroup_per_job": self.cgroups_reason is None,
             "warm_python": self._warm.facts() if self._warm is not None else None,
             **({"memory_cgroup_reason": self.cgroups_reason} if self.cgroups_reason else {}),
@@ -465,8 +469,18 @@ class LocalSandbox:
                 raise SandboxError(f"file name {name!r} must be a plain name in the work dir")
         stack = contextlib.AsyncExitStack()
         try:
-            uid = None
-            if self._uids is not None:
+            uid, uid_map = None, None
+            mode_args: tuple[str, ...] = (runner_mode,) if runner_mode else ()
+            if self._uids is not None and runner_mode == "warm" and self.isolation == "bwrap":
+                # A uid for the worker and one for each program it runs in turn: the service
+                # maps them into the sandbox's user namespace itself (see `runner.serve_warm`).
+                block = self._uids.acquire_block(1 + WARM_PROGRAM_UIDS)
+                stack.callback(self._uids.release_block, block)
+                uid = block[0]
+                first = SANDBOX_UID + 1
+                uid_map = f"{SANDBOX_UID} {uid} 1\n{first} {uid + 1} {WARM_PROGRAM_UIDS}\n"
+                mode_args += (f"--uids={first}:{WARM_PROGRAM_UIDS}",)
+            elif self._uids is not None:
                 uid = self._uids.acquire()
                 stack.callback(self._uids.release, uid)
             cgroup = None
@@ -483,8 +497,8 @@ class LocalSandbox:
                 if rules is not None:
                     fds.append(stack.enter_context(memfd("seccomp", rules)))
                     extra += ["--seccomp", str(fds[-1])]
-                if cgroup is not None:
-                    gate = stack.enter_context(BwrapGate(cgroup))
+                if cgroup is not None or uid_map is not None:
+                    gate = stack.enter_context(BwrapGate(cgroup, uid_map))
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
@@ -492,7 +506,7 @@ class LocalSandbox:
                     source = steps.runner_source()
                     fds.append(stack.enter_context(memfd("runner", source)))
                     script = f"/proc/self/fd/{fds[-1]}"
-                    job = dataclasses.replace(job, argv=(*job.argv, script, runner_mode))
+                    job = dataclasses.replace(job, argv=(*job.argv, script, *mode_args))
                 bwrap = self._bwrap_argv(
                     job,
                     files,
@@ -500,6 +514,7 @@ class LocalSandbox:
                     ro_paths=spec.ro_paths + spec.data,
                     env=spec.env,
                     runner=runner_mode is not None,
+                    uids_mapped=uid_map is not None,
                 )
                 argv = self._prlimit_args(job.limits, nproc=False, cpu=False) + bwrap
                 cwd, env = None, {"PATH": SANDBOX_PATH}

@@ -117,18 +117,24 @@ async def unless_cancelled(
 
 
 class BwrapGate:
-    """Puts a bwrap job into its cgroup before the program starts, with no Python code in the
-    child (a `preexec_fn` costs ~1 ms a job): bwrap makes its namespace child and waits on
-    `--block-fd`; its `--json-status-fd` names that child; the service moves bwrap and the
-    child into the cgroup and lets them go. What the program starts inherits the cgroup."""
+    """Sets a bwrap job up from outside before its program starts, with no Python code in the
+    child (a `preexec_fn` costs ~1 ms a job): bwrap makes its namespace child and waits; its
+    `--json-status-fd` names that child; the service moves bwrap and the child into the job's
+    cgroup (`cgroup`; what the program starts inherits it) and, with `uid_map`, writes the
+    child's user namespace's uid and gid maps itself (bwrap waits for them on
+    `--userns-block-fd`, writing none of its own), then lets them go."""
 
-    def __init__(self, cgroup: JobCgroup) -> None:
-        self.cgroup = cgroup
+    def __init__(self, cgroup: JobCgroup | None, uid_map: str | None = None) -> None:
+        self.cgroup, self.uid_map = cgroup, uid_map
         self._status_read, self._status_write = os.pipe()
         self._block_read, self._block_write = os.pipe()
         os.set_blocking(self._status_read, False)
         # Each fd is closed once only: a number closed twice may meanwhile be another job's.
         self._open = {self._status_read, self._status_write, self._block_read, self._block_write}
+        self._userns_read = self._userns_write = -1
+        if uid_map is not None:
+            self._userns_read, self._userns_write = os.pipe()
+            self._open |= {self._userns_read, self._userns_write}
 
     def _close(self, fd: int) -> None:
         if fd in self._open:
@@ -136,10 +142,16 @@ class BwrapGate:
             os.close(fd)
 
     def bwrap_args(self) -> list[str]:
-        return ["--json-status-fd", str(self._status_write), "--block-fd", str(self._block_read)]
+        if self.uid_map is None:
+            status = ["--json-status-fd", str(self._status_write)]
+        else:  # bwrap wants its older `--info-fd` with `--userns-block-fd`
+            status = ["--info-fd", str(self._status_write)]
+            status += ["--userns-block-fd", str(self._userns_read)]
+        return [*status, "--block-fd", str(self._block_read)]
 
     def child_fds(self) -> list[int]:
-        return [self._status_write, self._block_read]
+        fds = [self._status_write, self._block_read]
+        return fds if self.uid_map is None else [*fds, self._userns_read]
 
     async def admit(self, pid: int) -> None:
         # bwrap's own ends are its now; ours stay open to the end, since bwrap writes its exit
@@ -147,20 +159,38 @@ class BwrapGate:
         for fd in self.child_fds():
             self._close(fd)
         line = b""
-        while b"\n" not in line:  # bwrap writes its status line in pieces
+        # bwrap writes its status line in pieces; its info (one JSON document over several
+        # lines) all at once, then closes it.
+        while self.uid_map is not None or b"\n" not in line:
             chunk = await read_once(self._status_read)
-            if not chunk:  # bwrap ended before making its child: its exit status says why
-                return
+            if not chunk:
+                break
             line += chunk
+        if not line:  # bwrap ended before making its child: its exit status says why
+            return
         try:
-            child = int(json.loads(line.split(b"\n", 1)[0])["child-pid"])
+            text = line if self.uid_map is not None else line.split(b"\n", 1)[0]
+            child = int(json.loads(text)["child-pid"])
         except (ValueError, KeyError) as exc:
             raise SandboxError(f"bwrap's status did not name its child: {line[:200]!r}") from exc
-        try:
-            self.cgroup.add(pid)
-            self.cgroup.add(child)
-        except OSError as exc:
-            raise SandboxError(f"could not move the job into its memory cgroup: {exc}") from exc
+        if self.uid_map is not None:
+            try:
+                for name in ("uid_map", "gid_map"):  # the same numbers: each uid its own group
+                    fd = os.open(f"/proc/{child}/{name}", os.O_WRONLY)  # a proc file: no wait
+                    try:
+                        os.write(fd, self.uid_map.encode())
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise SandboxError(f"could not map the job's uids: {exc}") from exc
+            os.write(self._userns_write, b"x")
+            self._close(self._userns_write)
+        if self.cgroup is not None:
+            try:
+                self.cgroup.add(pid)
+                self.cgroup.add(child)
+            except OSError as exc:
+                raise SandboxError(f"could not move the job into its memory cgroup: {exc}") from exc
         os.write(self._block_write, b"x")
         self._close(self._block_write)
 

@@ -303,7 +303,7 @@ class Spec:
         return max(1, int(self.cpu_s + 0.999))  # RLIMIT_CPU counts whole seconds
 
 
-def _set_limits(spec: Spec) -> None:
+def _set_limits(spec: Spec, own: int = _OWN_PROCESSES) -> None:
     cpu = spec.cpu_rlimit
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     memory = spec.address_space_mb << 20
@@ -312,14 +312,17 @@ def _set_limits(spec: Spec) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    nproc = spec.processes + _OWN_PROCESSES
+    nproc = spec.processes + own
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
-def _write_files(files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+def _write_files(files: Sequence[tuple[str, bytes | bytearray]], owner: int | None = None) -> None:
+    """`files` in the work dir; `owner`: the uid (and gid) they go to, else this process's."""
     for name, data in files:
         fd = os.open(f"{WORK_DIR}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            if owner is not None:
+                os.fchown(fd, owner, owner)
             _write_all(fd, bytes(data))
         finally:
             os.close(fd)
@@ -386,7 +389,11 @@ _RUNNER_FDS = 64
 
 
 def _program(
-    spec: Spec, pipes: _Pipes, seccomp: tuple[Any, ...] | None, body: Callable[[], None]
+    spec: Spec,
+    pipes: _Pipes,
+    seccomp: tuple[Any, ...] | None,
+    body: Callable[[], None],
+    own: int = _OWN_PROCESSES,
 ) -> None:
     """In the program's process, before its code: fds, limits, filter (its arguments built by
     the parent, `_Calls.seccomp`; no_new_privs is inherited). Never returns."""
@@ -401,7 +408,7 @@ def _program(
             os.write(fd, b"1000")
         finally:
             os.close(fd)
-        _set_limits(spec)
+        _set_limits(spec, own)
         if seccomp is not None:
             c.call(seccomp, "seccomp")
     except BaseException as exc:
@@ -805,7 +812,19 @@ def _finish(code: int) -> int:
     return code
 
 
-def _become_warm_init(ctl_in: int, ctl_out: int) -> None:
+def _refuse_user_namespaces() -> None:
+    """No user namespace may be made in this one from now on (what bwrap's
+    `--disable-userns` gives a job): a program's own would let it mount fresh, unsized tmpfs
+    and reach kernel code meant for root. Needs CAP_SYS_RESOURCE here; the limit is this
+    namespace's, which no process in it without that capability can raise."""
+    fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
+def _become_warm_init(ctl_in: int, ctl_out: int, refuse_user_namespaces: bool = False) -> None:
     """Go on as pid 1 of new pid, mount and IPC namespaces, the one process of them that
     outlives a program; the process that called this waits for it and ends with it.
 
@@ -829,6 +848,8 @@ def _become_warm_init(ctl_in: int, ctl_out: int) -> None:
         os._exit(max(os.waitstatus_to_exitcode(status), 0) & 0xFF)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
+    if refuse_user_namespaces:
+        _refuse_user_namespaces()
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_NO_NEW_PRIVS, 1)  # for itself and every program it forks
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # no handler: a program's SIGINT is ignored
@@ -860,10 +881,13 @@ def _untouched(target: str, options: str) -> bool:
     return _root_state(target) == mounted[1]
 
 
-def _fresh_warm_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]]) -> None:
+def _fresh_warm_mounts(
+    spec: Spec, files: Sequence[tuple[str, bytes | bytearray]], uid: int | None
+) -> None:
     """A fresh work dir holding `files`, /tmp and /dev/shm, over the last program's. /tmp or
     /dev/shm the last program left exactly as mounted stays (two system calls to check, where
-    a new mount costs an unmount and a mount)."""
+    a new mount costs an unmount and a mount). `uid`: the program's, when not this process's:
+    the work dir and its files are its."""
     size = 2 * spec.file_mb << 20
     for target, options in (
         ("/tmp", f"size={size},mode=1777"),
@@ -876,7 +900,9 @@ def _fresh_warm_mounts(spec: Spec, files: Sequence[tuple[str, bytes | bytearray]
             umount(target)
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
         _warm_mounts[target] = (options, _root_state(target))
-    _write_files(files)
+    _write_files(files, uid)
+    if uid is not None:  # written: now the program's
+        os.chown(WORK_DIR, uid, uid)
 
 
 def _end_the_rest() -> None:
@@ -902,10 +928,12 @@ def run_warm_step(
     seccomp: bytes,
     files: Sequence[tuple[str, bytes | bytearray]],
     body: Callable[[], None],
+    uid: int | None = None,
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """One program forked from this warm init (see `_become_warm_init`): its own work dir,
-    /tmp, /dev/shm and IPC namespace; its result header, stdout and stderr."""
-    _fresh_warm_mounts(spec, files)
+    /tmp, /dev/shm and IPC namespace, and `uid` when given; its result header, stdout and
+    stderr."""
+    _fresh_warm_mounts(spec, files, uid)
     c = calls()
     # A fresh IPC namespace for this process, which the program inherits: message queues and
     # the like die with it once the program and what it left are gone. (Made here, not in the
@@ -917,12 +945,17 @@ def run_warm_step(
     pid = os.fork()
     if pid == 0:
         try:
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
             c.drop_capabilities()
             os.chdir(WORK_DIR)
         except BaseException as exc:
             os.write(pipes.report[1], f"E the run's set-up failed: {exc!r}\n".encode())
             os._exit(127)
-        _program(spec, pipes, filter_args, body)
+        # With a uid of its own, the program's process limit counts its processes alone.
+        _program(spec, pipes, filter_args, body, own=_OWN_PROCESSES if uid is None else 0)
     pidfd = os.pidfd_open(pid)
     try:
 
@@ -943,14 +976,21 @@ def run_warm_step(
 _END = encode({"kind": "end"})
 
 
-def serve_warm(ctl_in: int, ctl_out: int) -> None:
+def serve_warm(ctl_in: int, ctl_out: int, uids: Sequence[int] = ()) -> None:
     """Requests until the input ends: {"source": FILE | null, "files": [names], "steps": [...]}
     with blobs: the no-fork filter, the files, then one stdin per step. A result frame per
-    step, each but the last answered by {"go": true | false}, then {"kind": "end"}."""
+    step, each but the last answered by {"go": true | false}, then {"kind": "end"}.
+
+    `uids`: where the service, as root, mapped more than this process's uid into the
+    sandbox's user namespace, the uids programs take in turn (each run of a request the
+    next), none of them this process's: a program can neither signal nor trace this process
+    nor touch what it holds, whatever it does to its own credentials, and its process limit
+    counts its own processes."""
     import gc
     import importlib
 
-    _become_warm_init(ctl_in, ctl_out)
+    _become_warm_init(ctl_in, ctl_out, refuse_user_namespaces=bool(uids))
+    turn = 0
     for name in WARM_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -970,8 +1010,10 @@ def serve_warm(ctl_in: int, ctl_out: int) -> None:
             _write_all(ctl_out, _END)
         for index, raw in enumerate(header["steps"]):
             spec = Spec(raw)
+            uid = uids[turn % len(uids)] if uids else None
+            turn += 1
             result, out, err = run_warm_step(
-                spec, stdins[index], seccomp if spec.processes == 1 else b"", files, body
+                spec, stdins[index], seccomp if spec.processes == 1 else b"", files, body, uid
             )
             result["kind"] = "run"
             answer = encode(result, [out, err])
@@ -1006,8 +1048,12 @@ def main() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what the runs' namespaces leave is this process's
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_IGN)
-    if sys.argv[1:] == ["warm"]:
-        serve_warm(ctl_in, ctl_out)
+    if sys.argv[1:2] == ["warm"]:
+        uids: Sequence[int] = ()
+        for arg in sys.argv[2:]:  # --uids=FIRST:COUNT
+            first, count = arg.removeprefix("--uids=").split(":")
+            uids = range(int(first), int(first) + int(count))
+        serve_warm(ctl_in, ctl_out, uids)
     else:
         serve_job(ctl_in, ctl_out)
 

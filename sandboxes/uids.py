@@ -46,35 +46,58 @@ class UidPool:
             )
 
     def acquire(self) -> int:
+        return self.acquire_block(1)[0]
+
+    def acquire_block(self, size: int) -> list[int]:
+        """`size` consecutive uids (a warm worker's: its own and its programs'), each held as
+        `acquire` holds one; released with `release_block`."""
         if not self._checked:
             self._check_lock_dir()
             self._checked = True
+        if not 1 <= size <= self.count:
+            raise SandboxError(f"a block of {size} uids from a pool of {self.count}")
         start = self._next
         for i in range(self.count):
-            uid = self.base + (start + i) % self.count
-            if uid in self._held:
+            first = (start + i) % self.count
+            if first + size > self.count:  # a block does not wrap around the pool's end
                 continue
-            try:
-                fd = os.open(
-                    self.lock_dir / f"{uid}.lock",
-                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as exc:
-                raise SandboxError(f"cannot open the lock of uid {uid}: {exc}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._held[uid] = fd
-            self._next = (uid - self.base + 1) % self.count
-            return uid
-        raise SandboxError(f"all {self.count} sandbox uids from {self.base} are in use")
+            taken: list[int] = []
+            for uid in range(self.base + first, self.base + first + size):
+                if uid in self._held or not self._lock(uid):
+                    break
+                taken.append(uid)
+            if len(taken) == size:
+                self._next = (first + size) % self.count
+                return taken
+            for uid in taken:
+                self.release(uid)
+        what = "uids are" if size == 1 else f"blocks of {size} uids are"
+        raise SandboxError(f"all {self.count} sandbox {what} in use (from {self.base})")
+
+    def _lock(self, uid: int) -> bool:
+        try:
+            fd = os.open(
+                self.lock_dir / f"{uid}.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot open the lock of uid {uid}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._held[uid] = fd
+        return True
 
     def release(self, uid: int) -> None:
         fd = self._held.pop(uid)
         os.close(fd)  # closing drops the flock
+
+    def release_block(self, uids: list[int]) -> None:
+        for uid in uids:
+            self.release(uid)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[int]:

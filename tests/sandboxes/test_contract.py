@@ -103,8 +103,11 @@ HOSTILE = [
         b"alive\n",
     ),
     Hostile(
+        # Its parent is its namespace's init: the kill is ignored (the same uid) or refused
+        # (a warm program's own uid, where the service runs as root); either way it lives on.
         "kills_its_parent",
-        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('alive')\n",
+        "import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+        "except PermissionError:\n    pass\nprint('alive')\n",
         Status.PASSED,
         b"alive\n",
     ),

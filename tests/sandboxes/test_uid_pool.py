@@ -22,6 +22,24 @@ def test_uids_are_exclusive_until_released(tmp_path: Path) -> None:
     assert pool.acquire() == 70001
 
 
+def test_blocks_are_consecutive_and_skip_held_uids(tmp_path: Path) -> None:
+    """A warm worker's block: consecutive uids, none held by another, within the pool."""
+    pool = UidPool(70000, 10, tmp_path)
+    pool._next = 0
+    single = pool.acquire()  # 70000
+    block = pool.acquire_block(4)
+    assert block == [70001, 70002, 70003, 70004]
+    pool.release(single)
+    pool._next = 8  # 70008 and 70009 are free, but a block does not wrap around the end
+    assert pool.acquire_block(3) == [70005, 70006, 70007]
+    assert pool.acquire() in (70000, 70008, 70009)
+    with pytest.raises(SandboxError, match="blocks of 3 uids are in use"):
+        pool.acquire_block(3)
+    pool.release_block(block)
+    assert pool.acquire_block(3) == [70000, 70001, 70002]  # what a failed try took was freed
+    assert len(pool._held) == 7
+
+
 def test_another_process_cannot_take_a_held_uid(tmp_path: Path) -> None:
     pool = UidPool(70000, 2, tmp_path)
     with pool.hold() as mine:

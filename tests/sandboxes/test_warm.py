@@ -168,6 +168,13 @@ async def test_a_touched_tmp_is_mounted_afresh(warm: LocalSandbox, attack: str, 
         "print(os.stat(d).st_ctime_ns)\ntime.sleep(0.05)\n"
     )
     touched = await _run(warm, code)
+    if attack in ("mode", "xattr") and warm._uids is not None:
+        # Programs have uids of their own (the service is root): /tmp's root, the warm
+        # interpreter's, is not theirs to change, and stays as it was.
+        assert touched.exit_code == 1, touched
+        assert b"PermissionError" in touched.stderr
+        assert _scratch((await _run(warm, SCRATCH_PROBE)).stdout) == fresh
+        return
     assert touched.exit_code == 0, touched
     after = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
     assert int(after[where][0]) > int(touched.stdout)  # mounted after the attack
@@ -184,6 +191,40 @@ async def test_a_file_held_open_unnamed_leaves_nothing(warm: LocalSandbox) -> No
     )
     assert (await _run(warm, code)).exit_code == 0
     assert _scratch((await _run(warm, SCRATCH_PROBE)).stdout) == fresh
+
+
+UID_PROBE = """import os
+print(os.getuid(), os.getgid(), os.getgroups(), os.stat('.').st_uid, os.stat('main.py').st_uid)
+open('mine', 'w').write('x')
+status = open('/proc/self/status').read()
+print(status.split('CapEff:')[1].split()[0], status.split('CapPrm:')[1].split()[0])
+"""
+
+
+async def test_each_program_has_a_uid_of_its_own(warm: LocalSandbox) -> None:
+    """Where the service is root: each program takes the next of its worker's uids, never the
+    warm interpreter's (1000 inside), owns its work dir and files, and has no capability."""
+    if warm._uids is None:
+        pytest.skip("programs share their worker's uid where the service is not root")
+    seen = []
+    for _ in range(3):
+        run = await _run(warm, UID_PROBE)
+        assert run.exit_code == 0, run
+        ids, caps = run.stdout.decode().splitlines()
+        uid, gid, groups, work_owner, file_owner = ids.split(" ", 4)
+        assert uid == gid == work_owner == file_owner
+        assert groups == "[]"
+        assert caps == "0000000000000000 0000000000000000"
+        seen.append(int(uid))
+    assert len(set(seen)) == 3, seen
+    assert 1000 not in seen
+    assert _started(warm) == 1
+    assert warm.facts()["uid_per_warm_program"] is True
+    # On the host, the worker holds a block of the pool's uids, its own and its programs'.
+    held = sorted(warm._uids._held)
+    assert held == list(range(held[0], held[0] + 5)), held
+    await warm.close()
+    assert warm._uids._held == {}  # given back with the worker
 
 
 async def test_a_crashing_program_leaves_the_worker_well(warm: LocalSandbox) -> None:
