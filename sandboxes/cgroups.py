@@ -237,6 +237,19 @@ class JobCgroup:
         self._oom_before = owner._oom_kills(path)
         self._cap_before = owner._cap_hits(path) if owner.layout.version == 2 else 0
 
+    @property
+    def procs_fd(self) -> int:
+        """The `cgroup.procs` the service opened, for a process that moves itself in by
+        writing "0" to it (`join`; a warm program, which gets the fd from its worker)."""
+        return self._procs
+
+    def reset_peak(self) -> None:
+        """v1: count the peak from now (for the next of the jobs that share this cgroup in
+        turn, after one reached the cap)."""
+        if self.owner.layout.version == 1:
+            assert self.owner.layout.peak is not None
+            (self.path / self.owner.layout.peak).write_text("0")
+
     def add(self, pid: int) -> None:
         """Move process `pid` (not its existing children) into this cgroup."""
         os.write(self._procs, str(pid).encode())

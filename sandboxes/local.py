@@ -483,16 +483,29 @@ class LocalSandbox:
             elif self._uids is not None:
                 uid = self._uids.acquire()
                 stack.callback(self._uids.release, uid)
-            cgroup = None
+            cgroup = programs = None
             if self._cgroups is not None:
                 cgroup = await asyncio.to_thread(self._job_cgroup, spec.limits)
             if cgroup is not None:
                 stack.push_async_callback(cgroup.release)
+            if cgroup is not None and runner_mode == "warm" and self.isolation == "bwrap":
+                # The programs' own cgroup, capped as a job with their limits would be (the
+                # worker's limits hold the interpreter's room, `steps.RUNNER_MB`, besides):
+                # each program moves itself in as it starts (`runner.run_warm_step`).
+                room = dataclasses.replace(
+                    spec.limits, memory_mb=max(1, spec.limits.memory_mb - steps.RUNNER_MB)
+                )
+                programs = await asyncio.to_thread(self._job_cgroup, room)
+            if programs is not None:
+                stack.push_async_callback(programs.release)
+                mode_args += (f"--cgroup-fd={programs.procs_fd}",)
             on_start: Callable[[int], Awaitable[None]] | None = None
             enter: Callable[[], None] | None = None
             if self.isolation == "bwrap":
                 files = {n: stack.enter_context(memfd(n, d)) for n, d in job.files.items()}
                 fds, extra = list(files.values()), []
+                if programs is not None:
+                    fds.append(programs.procs_fd)
                 rules = seccomp.program(processes=job.limits.processes > 1)
                 if rules is not None:
                     fds.append(stack.enter_context(memfd("seccomp", rules)))
@@ -533,7 +546,7 @@ class LocalSandbox:
             proc = await create_process(
                 argv, pass_fds=fds, preexec_fn=enter, cwd=cwd, env=env, limit=TOOL_LINE_LIMIT
             )
-            tool = LocalTool(proc, stack, cgroup, uid if cwd is not None else None)
+            tool = LocalTool(proc, stack, cgroup, uid if cwd is not None else None, programs)
             try:
                 if on_start is not None:
                     async with asyncio.timeout(30):

@@ -35,13 +35,17 @@ class LocalTool:
         stack: contextlib.AsyncExitStack,
         cgroup: JobCgroup | None,
         bare_uid: int | None,
+        programs: JobCgroup | None = None,
     ) -> None:
+        """`programs`: the cgroup the tool's programs move into (a warm worker's), where its
+        steps' OOM kills are counted instead of the tool's own."""
         assert proc.stdin is not None
         assert proc.stdout is not None
         self.pid = proc.pid
         self.stdin: asyncio.StreamWriter = proc.stdin
         self.stdout: asyncio.StreamReader = proc.stdout
-        self._proc, self._stack, self._cgroup, self._bare_uid = proc, stack, cgroup, bare_uid
+        self._proc, self._stack, self._bare_uid = proc, stack, bare_uid
+        self._cgroup = programs if programs is not None else cgroup
         self._stderr = bytearray()
         self._drain = asyncio.ensure_future(self._pump(proc.stderr))
         self._closed = False
@@ -71,6 +75,9 @@ class LocalTool:
         (as `_run` does for a one-off job), so that its verdict is not cached."""
         if oom:
             reached = self._cgroup is not None and self._cgroup.cap_reached()
+            if reached:
+                assert self._cgroup is not None
+                self._cgroup.reset_peak()  # the next step's reach is its own
             return dataclasses.replace(result, oom_killed=True, host_pressure=not reached)
         if (
             self._cgroup is None

@@ -929,10 +929,11 @@ def run_warm_step(
     files: Sequence[tuple[str, bytes | bytearray]],
     body: Callable[[], None],
     uid: int | None = None,
+    cgroup: int | None = None,
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """One program forked from this warm init (see `_become_warm_init`): its own work dir,
-    /tmp, /dev/shm and IPC namespace, and `uid` when given; its result header, stdout and
-    stderr."""
+    /tmp, /dev/shm and IPC namespace, and `uid` and the memory cgroup of `cgroup` (an fd of its
+    `cgroup.procs`) when given; its result header, stdout and stderr."""
     _fresh_warm_mounts(spec, files, uid)
     c = calls()
     # A fresh IPC namespace for this process, which the program inherits: message queues and
@@ -945,6 +946,8 @@ def run_warm_step(
     pid = os.fork()
     if pid == 0:
         try:
+            if cgroup is not None:  # first: what it touches from here is charged there
+                os.write(cgroup, b"0")
             if uid is not None:
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
@@ -976,7 +979,9 @@ def run_warm_step(
 _END = encode({"kind": "end"})
 
 
-def serve_warm(ctl_in: int, ctl_out: int, uids: Sequence[int] = ()) -> None:
+def serve_warm(
+    ctl_in: int, ctl_out: int, uids: Sequence[int] = (), cgroup: int | None = None
+) -> None:
     """Requests until the input ends: {"source": FILE | null, "files": [names], "steps": [...]}
     with blobs: the no-fork filter, the files, then one stdin per step. A result frame per
     step, each but the last answered by {"go": true | false}, then {"kind": "end"}.
@@ -985,7 +990,11 @@ def serve_warm(ctl_in: int, ctl_out: int, uids: Sequence[int] = ()) -> None:
     sandbox's user namespace, the uids programs take in turn (each run of a request the
     next), none of them this process's: a program can neither signal nor trace this process
     nor touch what it holds, whatever it does to its own credentials, and its process limit
-    counts its own processes."""
+    counts its own processes.
+
+    `cgroup`: an fd of the `cgroup.procs` of the programs' own memory cgroup (the service opened
+    it): each program moves itself in as it starts, so that it is capped at its own limits,
+    not at its worker's (which hold this interpreter too), and its OOM kills are its own."""
     import gc
     import importlib
 
@@ -1013,7 +1022,13 @@ def serve_warm(ctl_in: int, ctl_out: int, uids: Sequence[int] = ()) -> None:
             uid = uids[turn % len(uids)] if uids else None
             turn += 1
             result, out, err = run_warm_step(
-                spec, stdins[index], seccomp if spec.processes == 1 else b"", files, body, uid
+                spec,
+                stdins[index],
+                seccomp if spec.processes == 1 else b"",
+                files,
+                body,
+                uid,
+                cgroup,
             )
             result["kind"] = "run"
             answer = encode(result, [out, err])
@@ -1041,7 +1056,13 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    _close_fds_but((0, 1, 2, ctl_in, ctl_out))  # what bwrap passed in (this file's memfd)
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in sys.argv[2:])
+    cgroup = int(options["cgroup-fd"]) if "cgroup-fd" in options else None
+    _close_fds_but((0, 1, 2, ctl_in, ctl_out, *([cgroup] if cgroup is not None else [])))
+    if cgroup is not None:  # below the fds a program closes (`_RUNNER_FDS`)
+        low = os.dup(cgroup)
+        os.close(cgroup)
+        cgroup = low
     _, most = resource.getrlimit(resource.RLIMIT_NOFILE)
     fds = _RUNNER_FDS if most == resource.RLIM_INFINITY else min(_RUNNER_FDS, most)
     resource.setrlimit(resource.RLIMIT_NOFILE, (fds, most))
@@ -1050,10 +1071,10 @@ def main() -> None:
         signal.signal(sig, signal.SIG_IGN)
     if sys.argv[1:2] == ["warm"]:
         uids: Sequence[int] = ()
-        for arg in sys.argv[2:]:  # --uids=FIRST:COUNT
-            first, count = arg.removeprefix("--uids=").split(":")
+        if "uids" in options:  # --uids=FIRST:COUNT
+            first, count = options["uids"].split(":")
             uids = range(int(first), int(first) + int(count))
-        serve_warm(ctl_in, ctl_out, uids)
+        serve_warm(ctl_in, ctl_out, uids, cgroup)
     else:
         serve_job(ctl_in, ctl_out)
 

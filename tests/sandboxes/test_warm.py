@@ -227,6 +227,39 @@ async def test_each_program_has_a_uid_of_its_own(warm: LocalSandbox) -> None:
     assert warm._uids._held == {}  # given back with the worker
 
 
+TWO_HOGS = """import os, time
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(70 << 20)
+        for at in range(0, len(block), 4096):
+            block[at] = 1
+        time.sleep(1)
+        os._exit(0)
+    kids.append(pid)
+print([os.waitpid(kid, 0)[1] for kid in kids])
+"""
+
+
+async def test_a_program_is_capped_at_its_own_memory(warm: LocalSandbox) -> None:
+    """Programs move into a memory cgroup of their own as they start, capped at their limits
+    (as a cold job's): two processes of 70 MB each, each within the 100 MB address space, meet
+    the 100 MB cap together. In the worker's cgroup (which holds the interpreter's room too)
+    they would both have lived. The kill is the program's, and the worker stays well."""
+    if warm.cgroups_reason is not None:
+        pytest.skip(f"no memory cgroups here: {warm.cgroups_reason}")
+    limits = Limits(wall_s=10.0, memory_mb=100, processes=4, file_mb=8)
+    job = Job(argv=("python3", "-I", "-B", "main.py"), files={"main.py": TWO_HOGS}, limits=limits)
+    hogs = await warm.run(job)
+    assert hogs.oom_killed, hogs
+    assert not hogs.host_pressure
+    assert b"9" in hogs.stdout  # one child ended by SIGKILL; the program itself lived
+    after = await warm.run(Job(argv=job.argv, files={"main.py": "print('well')\n"}, limits=limits))
+    assert (after.stdout, after.oom_killed) == (b"well\n", False)
+    assert _started(warm) == 1
+
+
 async def test_a_crashing_program_leaves_the_worker_well(warm: LocalSandbox) -> None:
     crashes = [
         "import ctypes\nctypes.string_at(0)\n",
