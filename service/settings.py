@@ -80,8 +80,15 @@ class Settings(BaseSettings):
         ge=1,
         description="Items a warm Python interpreter serves before it is replaced by a fresh one.",
     )
-    sandbox_uid_base: int = Field(default=61000, ge=1000)
-    sandbox_uid_count: int = Field(default=1000, ge=1)
+    sandbox_uid_base: int = Field(
+        default=61000, ge=1000, description="The first host uid of the sandbox uid pool (root)."
+    )
+    sandbox_uid_count: int = Field(
+        default=1000,
+        ge=1,
+        description="Host uids in the pool, where the service runs as root: one a running job "
+        "or tool, five a warm Python worker (its own and four its programs take in turn).",
+    )
     concurrency: dict[str, int] = Field(
         default_factory=dict, description="Items judged at once, per verifier name."
     )
