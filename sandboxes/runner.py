@@ -988,9 +988,8 @@ def serve_warm(
 
     `uids`: where the service, as root, mapped more than this process's uid into the
     sandbox's user namespace, the uids programs take in turn (each run of a request the
-    next), none of them this process's: a program can neither signal nor trace this process
-    nor touch what it holds, whatever it does to its own credentials, and its process limit
-    counts its own processes.
+    next): a program never has this process's uid nor the last program's, owns its work dir,
+    and its process limit counts its own processes.
 
     `cgroup`: an fd of the `cgroup.procs` of the programs' own memory cgroup (the service opened
     it): each program moves itself in as it starts, so that it is capped at its own limits,
