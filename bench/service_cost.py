@@ -280,6 +280,20 @@ def _sql() -> list[Case]:
     ]
 
 
+def _rendered(size: int, kind: str) -> Case:
+    """An svg a circle away from its reference, compared at `size` px with the images back."""
+    return Case(
+        "svg",
+        f"render_{size}_with_images",
+        kind,
+        lambda s: _item(
+            "svg",
+            SQUARE.replace("<rect", f"<!-- {s} --><circle cx='5' cy='5' r='4'/><rect"),
+            {"reference_svg": SQUARE, "size": size, "return_images": True},
+        ),
+    )
+
+
 def _svg() -> list[Case]:
     return [
         Case("svg", "normal", "normal", lambda s: item("svg", hash(s) % 10**6)),
@@ -296,26 +310,8 @@ def _svg() -> list[Case]:
                 {"reference_svg": SQUARE, "return_images": True, "size": 1024},
             ),
         ),
-        Case(
-            "svg",
-            "render_512_with_images",
-            "hostile",
-            lambda s: _item(
-                "svg",
-                SQUARE.replace("<rect", f"<!-- {s} --><circle cx='5' cy='5' r='4'/><rect"),
-                {"reference_svg": SQUARE, "size": 512, "return_images": True},
-            ),
-        ),
-        Case(
-            "svg",
-            "render_1024_with_images",
-            "large",
-            lambda s: _item(
-                "svg",
-                SQUARE.replace("<rect", f"<!-- {s} --><circle cx='5' cy='5' r='4'/><rect"),
-                {"reference_svg": SQUARE, "size": 1024, "return_images": True},
-            ),
-        ),
+        _rendered(512, "hostile"),
+        _rendered(1024, "large"),
         Case(
             "svg",
             "paths_100000",
