@@ -515,6 +515,12 @@ class LocalSandbox:
                     extra += gate.bwrap_args()
                     fds += gate.child_fds()
                     on_start = gate.admit
+                library = None
+                if runner_mode == "warm":
+                    library = await asyncio.to_thread(steps.warm_init_library)
+                if library is not None:
+                    fds.append(stack.enter_context(memfd("warm-init", library)))
+                    mode_args += (f"--init-fd={fds[-1]}",)
                 if runner_mode is not None:
                     source = steps.runner_source()
                     fds.append(stack.enter_context(memfd("runner", source)))

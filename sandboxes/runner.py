@@ -978,13 +978,150 @@ def run_warm_step(
 
 _END = encode({"kind": "end"})
 
+# -- warm requests: binary (little-endian), so that the C loop reads them with no JSON parser ---
+
+_WARM_MAGIC = b"AWR1"
+_WARM_REQUEST = struct.Struct(
+    "<4sIIiI"
+)  # magic, files, steps, the program's file (-1: stdin), filter
+_WARM_FILE = struct.Struct("<II")  # its name's size, its data's size
+_WARM_STEP = struct.Struct("<ddQIIII")  # wall_s, cpu_s, output_bytes, file_mb, processes,
+# address_space_mb, its stdin's size
+
+
+def warm_request(
+    source: str | None,
+    files: Sequence[tuple[str, bytes]],
+    steps: Sequence[dict[str, Any]],
+    stdins: Sequence[bytes],
+    seccomp: bytes,
+) -> bytes:
+    """One warm request, framed: run the program `source` (one of `files`; None: the program is
+    the stdin) once per step (`{"limits": ...}`, as `Spec` reads it) with its stdin.
+    `seccomp`: the no-fork filter of runs that may start no process."""
+    names = [name.encode() for name, _ in files]
+    index = -1 if source is None else [n for n, _ in files].index(source)
+    parts = [_WARM_REQUEST.pack(_WARM_MAGIC, len(files), len(steps), index, len(seccomp))]
+    parts += [_WARM_FILE.pack(len(n), len(d)) for n, (_, d) in zip(names, files, strict=True)]
+    for raw, stdin in zip(steps, stdins, strict=True):
+        spec = Spec(raw)
+        parts.append(
+            _WARM_STEP.pack(
+                spec.wall_s,
+                spec.cpu_s,
+                spec.output_bytes,
+                spec.file_mb,
+                spec.processes,
+                spec.address_space_mb,
+                len(stdin),
+            )
+        )
+    parts.append(seccomp)
+    for name, (_, data) in zip(names, files, strict=True):
+        parts += [name, data]
+    parts += stdins
+    size = sum(len(p) for p in parts)
+    return b"".join([_LEN.pack(size), *parts])
+
+
+class _WarmRequest:
+    """A warm request as the Python loop reads it (`warm_request` wrote it)."""
+
+    def __init__(self, body: bytearray) -> None:
+        view = memoryview(body)
+        magic, nfiles, nsteps, index, seccomp_len = _WARM_REQUEST.unpack_from(view)
+        if magic != _WARM_MAGIC:
+            raise ValueError("not a warm request")
+        at = _WARM_REQUEST.size
+        heads = [_WARM_FILE.unpack_from(view, at + i * _WARM_FILE.size) for i in range(nfiles)]
+        at += nfiles * _WARM_FILE.size
+        self.specs, sizes = [], []
+        for i in range(nsteps):
+            wall, cpu, output, file_mb, processes, space, stdin = _WARM_STEP.unpack_from(
+                view, at + i * _WARM_STEP.size
+            )
+            limits = {"wall_s": wall, "cpu_s": cpu, "output_bytes": output, "file_mb": file_mb}
+            limits |= {"processes": processes, "memory_mb": space, "address_space_mb": space}
+            self.specs.append(Spec({"limits": limits}))
+            sizes.append(stdin)
+        at += nsteps * _WARM_STEP.size
+        self.blobs: list[bytearray] = [body]
+        self.seccomp = bytes(view[at : at + seccomp_len])
+        at += seccomp_len
+        self.files: list[tuple[str, bytearray]] = []
+        for name_len, data_len in heads:
+            name = bytes(view[at : at + name_len]).decode()
+            self.files.append((name, bytearray(view[at + name_len : at + name_len + data_len])))
+            at += name_len + data_len
+        self.stdins = []
+        for size in sizes:
+            self.stdins.append(bytearray(view[at : at + size]))
+            at += size
+        if at != len(body):
+            raise ValueError("a warm request's sizes do not add up")
+        self.source = None if index < 0 else self.files[index][0]
+        self.blobs += [d for _, d in self.files] + self.stdins
+
+    def wipe(self) -> None:
+        """No copy of this program's code or input stays for the next."""
+        for blob in self.blobs:
+            blob[:] = bytes(len(blob))
+
+
+def _read_warm_request(fd: int) -> _WarmRequest | None:
+    raw = _read_exact(fd, _LEN.size)
+    if raw is None:
+        return None
+    body = _read_exact(fd, _LEN.unpack(raw)[0])
+    return None if body is None else _WarmRequest(body)
+
+
+class _WarmProgram(ctypes.Structure):
+    """What the C loop returns to Python with in a program's process (`warm_init.c`)."""
+
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("name_len", ctypes.c_int64),
+        ("text", ctypes.c_void_p),
+        ("text_len", ctypes.c_int64),
+    ]
+
+
+def _serve_in_c(
+    library: ctypes.CDLL, ctl_in: int, ctl_out: int, uids: Sequence[int], cgroup: int | None
+) -> None:
+    """The loop of `serve_warm` in C (`warm_init.c`): it returns here only when the requests
+    end, and in each program's process, set up, to run the program."""
+    program = _WarmProgram()
+    serve = library.assay_warm_serve
+    serve.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(_WarmProgram)]
+    serve.restype = ctypes.c_int
+    first, count = (uids[0], len(uids)) if uids else (-1, 0)
+    got = serve(ctl_in, ctl_out, first, count, -1 if cgroup is None else cgroup, program)
+    if got < 0:
+        raise SystemExit(1)  # the loop said why on stderr
+    if got == 0:
+        return
+    # As `os.fork` does in its child: the interpreter's locks and threads, and the at-fork
+    # hooks (`random` reseeds).
+    ctypes.pythonapi.PyOS_AfterFork_Child()
+    name = text = None
+    if program.name:
+        name = ctypes.string_at(program.name, program.name_len).decode()
+        text = ctypes.string_at(program.text, program.text_len)
+    _python(name, text)()
+
 
 def serve_warm(
-    ctl_in: int, ctl_out: int, uids: Sequence[int] = (), cgroup: int | None = None
+    ctl_in: int,
+    ctl_out: int,
+    uids: Sequence[int] = (),
+    cgroup: int | None = None,
+    library: ctypes.CDLL | None = None,
 ) -> None:
-    """Requests until the input ends: {"source": FILE | null, "files": [names], "steps": [...]}
-    with blobs: the no-fork filter, the files, then one stdin per step. A result frame per
-    step, each but the last answered by {"go": true | false}, then {"kind": "end"}.
+    """Requests until the input ends (`warm_request`), each one program and its runs. A result
+    frame per run, each but the last answered by one byte (1: go on, 0: stop; the service stops
+    at a failure), then {"kind": "end"}.
 
     `uids`: where the service, as root, mapped more than this process's uid into the
     sandbox's user namespace, the uids programs take in turn (each run of a request the
@@ -993,7 +1130,10 @@ def serve_warm(
 
     `cgroup`: an fd of the `cgroup.procs` of the programs' own memory cgroup (the service opened
     it): each program moves itself in as it starts, so that it is capped at its own limits,
-    not at its worker's (which hold this interpreter too), and its OOM kills are its own."""
+    not at its worker's (which hold this interpreter too), and its OOM kills are its own.
+
+    `library`: `warm_init.c`, compiled, which runs this loop with no Python between forks (see
+    there); without it, the loop below does the same in Python."""
     import gc
     import importlib
 
@@ -1005,26 +1145,24 @@ def serve_warm(
     gc.collect()
     gc.freeze()  # the forked programs share these objects' pages instead of copying them
     _write_all(ctl_out, encode({"kind": "ready", "pid": os.getpid()}))
-    while (frame := read_frame(ctl_in)) is not None:
-        header, blobs = frame
-        seccomp = bytes(blobs[0])
-        names: list[str] = header["files"]
-        files = list(zip(names, blobs[1 : 1 + len(names)], strict=True))
-        stdins = blobs[1 + len(names) :]
-        source = header.get("source")
-        body = _python(source, next((bytes(d) for n, d in files if n == source), None))
-        last = len(header["steps"]) - 1
+    if library is not None:
+        _serve_in_c(library, ctl_in, ctl_out, uids, cgroup)
+        return
+    while (request := _read_warm_request(ctl_in)) is not None:
+        body = _python(
+            request.source, next((bytes(d) for n, d in request.files if n == request.source), None)
+        )
+        last = len(request.specs) - 1
         if last < 0:
             _write_all(ctl_out, _END)
-        for index, raw in enumerate(header["steps"]):
-            spec = Spec(raw)
+        for index, spec in enumerate(request.specs):
             uid = uids[turn % len(uids)] if uids else None
             turn += 1
             result, out, err = run_warm_step(
                 spec,
-                stdins[index],
-                seccomp if spec.processes == 1 else b"",
-                files,
+                request.stdins[index],
+                request.seccomp if spec.processes == 1 else b"",
+                request.files,
                 body,
                 uid,
                 cgroup,
@@ -1036,15 +1174,14 @@ def serve_warm(
                 _write_all(ctl_out, answer + _END)
                 break
             _write_all(ctl_out, answer)
-            reply = read_frame(ctl_in)  # the service says whether to go on (it stops at a failure)
-            if reply is None:
+            go = _read_exact(ctl_in, 1)  # the service says whether to go on
+            if go is None:
                 return
-            if not reply[0].get("go"):
+            if not go[0]:
                 _write_all(ctl_out, _END)
                 break
-        for blob in blobs:  # no copy of this program's code or input stays for the next
-            blob[:] = bytes(len(blob))
-        del frame, blobs, files, stdins, body
+        request.wipe()
+        del request, body
 
 
 def main() -> None:
@@ -1057,6 +1194,9 @@ def main() -> None:
     os.close(null)
     options = dict(arg.removeprefix("--").split("=", 1) for arg in sys.argv[2:])
     cgroup = int(options["cgroup-fd"]) if "cgroup-fd" in options else None
+    library = None
+    if "init-fd" in options:  # warm_init.c, compiled, in a memfd
+        library = ctypes.PyDLL(f"/proc/self/fd/{options['init-fd']}")  # the GIL held, as in os.fork
     _close_fds_but((0, 1, 2, ctl_in, ctl_out, *([cgroup] if cgroup is not None else [])))
     if cgroup is not None:  # below the fds a program closes (`_RUNNER_FDS`)
         low = os.dup(cgroup)
@@ -1073,7 +1213,7 @@ def main() -> None:
         if "uids" in options:  # --uids=FIRST:COUNT
             first, count = options["uids"].split(":")
             uids = range(int(first), int(first) + int(count))
-        serve_warm(ctl_in, ctl_out, uids, cgroup)
+        serve_warm(ctl_in, ctl_out, uids, cgroup, library)
     else:
         serve_job(ctl_in, ctl_out)
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
+import shutil
 import signal
+import subprocess
+import tempfile
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from assay.sandboxes import runner
@@ -23,6 +29,41 @@ START_SLACK_S = 10.0
 @cache
 def runner_source() -> bytes:
     return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
+
+
+log = logging.getLogger(__name__)
+
+
+def warm_init_library() -> bytes | None:
+    """`warm_init.c`, the warm workers' loop between programs, compiled for this machine; None
+    where it cannot be (no C compiler) or `ASSAY_WARM_INIT=python` asks so, and warm workers
+    run the same loop in Python, slower (see `runner.serve_warm`)."""
+    if os.environ.get("ASSAY_WARM_INIT", "c") == "python":
+        return None
+    return _compiled_warm_init()
+
+
+@cache
+def _compiled_warm_init() -> bytes | None:
+    """Once a process (a third of a second), into a directory of its own: nothing compiled
+    earlier, which another process could have written, is loaded into a sandbox."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler (cc): warm Python workers run their loop in Python, slower")
+        return None
+    source = resources.files("assay.sandboxes").joinpath("warm_init.c").read_bytes()
+    with tempfile.TemporaryDirectory(prefix="assay-warm-init-") as tmp:
+        (Path(tmp) / "warm_init.c").write_bytes(source)
+        argv = [compiler, "-O2", "-shared", "-fPIC", "-o", "warm_init.so", "warm_init.c"]
+        done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            log.warning(
+                "warm_init.c did not compile (%s): warm Python workers run their loop in "
+                "Python, slower",
+                done.stderr.strip()[-500:],
+            )
+            return None
+        return (Path(tmp) / "warm_init.so").read_bytes()
 
 
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))

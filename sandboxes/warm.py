@@ -113,25 +113,21 @@ class WarmPython:
         await self.pool.close()
 
     def facts(self) -> dict[str, Any]:
-        return self.pool.facts()
+        # `loop`: where a worker's loop between programs runs (see `runner.serve_warm`).
+        loop = "c" if steps.warm_init_library() is not None else "python"
+        return self.pool.facts() | {"loop": loop}
 
     async def run_many(self, job: MultiJob, source: str) -> AsyncGenerator[StepResult, None]:
         """The runs of `job` on a warm worker; `source` is the program's file, or "-"."""
         every = [r.limits for r in job.runs]
         key = _Key(max(x.memory_mb for x in every), max(x.file_mb for x in every))
-        names = [n for n in job.files]
-        blobs: list[bytes] = [seccomp.program(processes=False) or b""]
-        for name in names:
-            data = job.files[name]
-            blobs.append(data.encode() if isinstance(data, str) else data)
-        blobs += [r.stdin for r in job.runs]
-        request = runner.encode(
-            {
-                "source": None if source == "-" else source,
-                "files": names,
-                "steps": [{"limits": steps.limits_json(r.limits)} for r in job.runs],
-            },
-            blobs,
+        files = [(n, d.encode() if isinstance(d, str) else d) for n, d in job.files.items()]
+        request = runner.warm_request(
+            None if source == "-" else source,
+            files,
+            [{"limits": steps.limits_json(r.limits)} for r in job.runs],
+            [r.stdin for r in job.runs],
+            seccomp.program(processes=False) or b"",
         )
         async with self.pool.lease(key) as worker:
             tool = worker.tool
@@ -158,7 +154,7 @@ class WarmPython:
                 except GeneratorExit:  # the caller stopped: the worker stays good for others
                     stop = True
                 if index < last:
-                    tool.stdin.write(runner.encode({"go": not stop}))
+                    tool.stdin.write(b"\x00" if stop else b"\x01")
                     await tool.stdin.drain()
                 if stop:
                     break

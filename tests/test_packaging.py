@@ -56,6 +56,7 @@ def test_wheel_holds_the_four_packages(wheel: Path) -> None:
     for package in ("service", "sandboxes", "verifiers", "clients"):
         assert f"assay/{package}/__init__.py" in names
     assert "assay/sandboxes/languages.toml" in names
+    assert "assay/sandboxes/warm_init.c" in names  # compiled as the service starts
     assert not any(name.startswith("tests/") for name in names)
 
 

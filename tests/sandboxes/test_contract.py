@@ -431,8 +431,9 @@ async def _gone(base: int, count: int, grace_s: float = 3.0) -> list[str]:
 
 
 # How jobs run: `cold` (a bwrap per job), `runner` (the job as the one run of a multi-run job,
-# carried out by the in-sandbox runner), `warm` (forked from a warm interpreter).
-PATHS = ["cold", "runner", "warm"]
+# carried out by the in-sandbox runner), `warm` (forked from a warm interpreter, whose loop
+# between programs is C) and `warm-python` (the same, the loop in Python: where no C compiler is).
+PATHS = ["cold", "runner", "warm", "warm-python"]
 
 
 class Box:
@@ -452,13 +453,17 @@ class Box:
 
 
 @pytest.fixture(params=PATHS)
-async def box(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Box]:
+async def box(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Box]:
     """Every way jobs run on every backend here; the Docker backend joins this list."""
+    if request.param == "warm-python":
+        monkeypatch.setenv("ASSAY_WARM_INIT", "python")
     sandbox = LocalSandbox(
         uid_base=UID_BASE,
         uid_count=UID_COUNT,
         lock_dir=tmp_path / "uids",
-        warm_python=1 if request.param == "warm" else 0,
+        warm_python=1 if request.param.startswith("warm") else 0,
     )
     yield Box(sandbox, request.param)
     await sandbox.close()
@@ -493,14 +498,18 @@ async def test_hostile_program(box: Box, case: Hostile) -> None:
     if case.stdout is not None:
         assert run.stdout == case.stdout
     assert run.time_s < LIMITS.wall_s + SLACK_S
-    if os.geteuid() == 0 and box.path != "warm":  # a warm worker lives on, by design
+    if os.geteuid() == 0 and not box.path.startswith("warm"):  # a warm worker lives on, by design
         assert await _gone(UID_BASE, UID_COUNT) == []
     assert _scratch_files() - tmp_before == set()
-    if sandbox._cgroups is not None and box.path != "warm":  # empty, ready for the next job
+    if sandbox._cgroups is not None and not box.path.startswith(
+        "warm"
+    ):  # empty, ready for the next job
         for job_cgroup in (p for p in sandbox._cgroups.base.iterdir() if p.is_dir()):
             assert (job_cgroup / "cgroup.procs").read_text() == ""
             assert job_cgroup in sandbox._cgroups._free
-    if box.path == "warm":  # the program's processes are gone; its worker is well and reused
+    if box.path.startswith(
+        "warm"
+    ):  # the program's processes are gone; its worker is well and reused
         assert sandbox._warm is not None
         assert await _only_the_worker_left(sandbox)
 

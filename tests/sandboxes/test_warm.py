@@ -8,6 +8,7 @@ its process, files, children, limits or fds, the probe sees a fresh program's wo
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from assay.clients.schema import CodeSpec
-from assay.sandboxes import Job, Limits, LocalSandbox, MultiJob, Run, RunResult
+from assay.sandboxes import Job, Limits, LocalSandbox, MultiJob, Run, RunResult, steps
 from assay.verifiers import CodeVerifier
 from tests.conftest import needs_bwrap
 
@@ -27,8 +28,13 @@ UID_BASE = 70000 + UID_COUNT * random.randrange(100)
 LIMITS = Limits(wall_s=5.0, memory_mb=256, processes=16, file_mb=8)
 
 
-@pytest.fixture
-async def warm(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+@pytest.fixture(params=["c", "python"])
+async def warm(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LocalSandbox]:
+    """A sandbox with one warm worker, its loop between programs in C (`warm_init.c`) or in
+    Python (where no C compiler is): every test here holds for both."""
+    monkeypatch.setenv("ASSAY_WARM_INIT", request.param)
     box = LocalSandbox(
         uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids", warm_python=1
     )
@@ -296,6 +302,16 @@ async def test_a_program_ends_when_it_exits_whatever_it_left_running(warm: Local
     run = await warm.run(job)
     assert (run.exit_code, run.stdout, run.timed_out) == (0, b"done\n", False), run
     assert _started(warm) == 1
+
+
+async def test_the_loop_is_the_one_asked_for(warm: LocalSandbox) -> None:
+    """`ASSAY_WARM_INIT=python` runs the Python loop; by default, with a C compiler here, the C
+    loop (`warm_init.c`), which the worker was handed."""
+    result = await _run(warm, "print('ok')")
+    assert result.stdout == b"ok\n"
+    facts = warm.facts()["warm_python"]
+    assert facts["loop"] == os.environ["ASSAY_WARM_INIT"]
+    assert (steps.warm_init_library() is not None) == (facts["loop"] == "c")
 
 
 async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> None:
