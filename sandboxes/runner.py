@@ -30,6 +30,9 @@ it exits (or at the deadline) the interpreter kills every other process of the n
 interpreter is out of the programs' reach: not dumpable (no ptrace, and invisible in their
 /proc, mounted `hidepid=invisible`), and as its namespace's init it gets no signal from them.
 This halves a run's cost against the two processes and the mount namespace of a job's run.
+The interpreter's loop between programs is `warm_init.c`, compiled by the service and passed
+in as a memfd, where the service has a C compiler; the same loop in Python (`serve_warm`)
+otherwise. Warm requests are binary (`warm_request`), so that the C loop reads them.
 
 Framing, both ways: a 4-byte big-endian length, a JSON header of that length, then the binary
 blobs whose sizes the header lists under "blobs". Requests carry the runs' stdins (and, warm,

@@ -15,8 +15,8 @@ dumpable and, as its namespace's init, takes no signal from it, and only reads i
 Workers live in a `WorkerPool`: one lent per item; a worker whose request failed (the runner
 crashed, overran the request's deadline, sent something unexpected, or the request was
 cancelled mid-answer) is closed, never reused; every worker is recycled after `max_uses` items.
-The memory cgroup is the worker's (the interpreter and the one program it runs at a time), so
-the pool is keyed by the runs' memory and file limits.
+A worker's memory cgroups (its own, which holds the interpreter, and its programs') are sized
+by the runs' limits, so the pool is keyed by the runs' memory and file limits.
 """
 
 from __future__ import annotations
