@@ -19,6 +19,8 @@ from assay.sandboxes import runner
 from assay.sandboxes.base import Limits, MultiJob, RunResult
 from assay.sandboxes.errors import SandboxError
 
+log = logging.getLogger(__name__)
+
 # Room the runner (or a warm interpreter) takes in a sandbox's memory cgroup beside the runs.
 RUNNER_MB = 64
 # Per step, beyond its own wall-clock limit: the runner's own work (namespaces, mounts, reaping).
@@ -29,9 +31,6 @@ START_SLACK_S = 10.0
 @cache
 def runner_source() -> bytes:
     return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
-
-
-log = logging.getLogger(__name__)
 
 
 def warm_init_library() -> bytes | None:

@@ -312,6 +312,31 @@ async def test_the_loop_is_the_one_asked_for(warm: LocalSandbox) -> None:
     facts = warm.facts()["warm_python"]
     assert facts["loop"] == os.environ["ASSAY_WARM_INIT"]
     assert (steps.warm_init_library() is not None) == (facts["loop"] == "c")
+    if os.geteuid() != 0:
+        return  # the warm init is not dumpable: only root reads its memory map
+    assert warm._warm is not None
+    [[slot]] = warm._warm.pool._idle.values()
+    maps = "".join(_maps(pid) for pid in _descendants(slot.worker.tool.pid))
+    assert ("assay-warm-init" in maps) == (facts["loop"] == "c")  # the library, from its memfd
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{found[-1]}/task"):
+                with open(f"/proc/{found[-1]}/task/{task}/children") as f:
+                    todo += [int(p) for p in f.read().split()]
+    return found
+
+
+def _maps(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> None:
