@@ -112,7 +112,7 @@ class LocalSandbox:
         bwrap: str | None = "bwrap",
         memory_cgroups: bool = True,
         warm_python: int = 0,
-        warm_max_uses: int = 200,
+        warm_max_uses: int = 1000,
     ) -> None:
         self.isolation = isolation
         self.max_jobs = max_jobs or 2 * (os.cpu_count() or 1)
