@@ -24,7 +24,8 @@ usage of the whole tree (CPU time, peak resident memory) from `wait4`.
 
 A `warm` run is one process: the warm interpreter itself is pid 1 of pid, mount and IPC
 namespaces of its own (`_become_warm_init`), and forks each program straight into them. Before
-a program it mounts a fresh work dir, /tmp and /dev/shm over the last one's; the program makes
+a program it mounts a fresh work dir, /tmp and /dev/shm over the last one's (or keeps one
+the last program left empty: `_fresh_warm_mounts`); the program makes
 an IPC namespace of its own, drops every capability and goes on as a job's program does; when
 it exits (or at the deadline) the interpreter kills every other process of the namespace. The
 interpreter is out of the programs' reach: not dumpable (no ptrace, and invisible in their
@@ -277,6 +278,7 @@ def calls() -> _Calls:
 
 WORK_DIR = "/work"
 _CHUNK = 1 << 16
+_FS_IOC_GETFLAGS = 0x80086601  # <linux/fs.h>: the inode flags chattr sets
 NOFILE = 256
 # The runner and init run as the program's uid: the process limit counts them.
 _OWN_PROCESSES = 2
@@ -835,7 +837,8 @@ def _become_warm_init(ctl_in: int, ctl_out: int, refuse_user_namespaces: bool = 
     invisible and out of their reach: it is not dumpable, so neither ptrace nor /proc (mounted
     `hidepid=invisible`) gives a program anything of it, and as its namespace's init it gets
     no signal from inside for which it has no handler (it has none). Before each program it
-    mounts a fresh work dir, /tmp and /dev/shm over the last one's; after each it kills every
+    mounts a fresh work dir, /tmp and /dev/shm over the last one's (keeping those it left
+    empty: `_fresh_warm_mounts`); after each it kills every
     other process of the namespace. One fork a program, where a namespace of its own costs two
     (init and the program) and a mount namespace to build and tear down."""
     server = clone_into_namespaces()
@@ -865,8 +868,27 @@ _warm_mounts: dict[str, tuple[str, tuple[int, ...]]] = {}
 
 
 def _root_state(target: str) -> tuple[int, ...]:
+    """What of a tmpfs root the loop compares: device, inode, mode, owner, change and access
+    time (a program that only lists a directory moves its access time), inode flags."""
     st = os.stat(target)
-    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
+    state = (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
+    return state + (st.st_atime_ns, _inode_flags(target))
+
+
+def _inode_flags(path: str) -> int:
+    """The inode flags of `path` (chattr's, FS_IOC_GETFLAGS); -1 where they cannot be read."""
+    import fcntl  # the Python loop's alone: the C loop reads them itself
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return -1
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)), sys.byteorder)
+    except OSError:
+        return -1
+    finally:
+        os.close(fd)
 
 
 def _untouched(target: str, options: str) -> bool:
@@ -884,26 +906,61 @@ def _untouched(target: str, options: str) -> bool:
     return _root_state(target) == mounted[1]
 
 
+# The names of the files the last program was given in the work dir.
+_work_files: list[str] = []
+
+
+def _work_dir_emptied(options: str) -> bool:
+    """Whether the work dir's mount can be the next program's: the last program's files
+    unlinked by their names, nothing is left in it (no inode but its root, no block: a hard
+    link, a new file, a renamed one all show), and its root is the one mounted, with its mode,
+    its inode flags and no xattr (ACLs are xattrs); its times are then set anew, and its owner
+    is the next program's. Called with every process of the last program gone."""
+    mounted = _warm_mounts.get(WORK_DIR)
+    if mounted is None or mounted[0] != options:
+        return False
+    try:
+        os.chown(WORK_DIR, os.getuid(), os.getgid())  # the last program's: its entries ours
+        for name in _work_files:
+            os.unlink(f"{WORK_DIR}/{name}")
+        fs = os.statvfs(WORK_DIR)
+        if os.listxattr(WORK_DIR):
+            return False
+    except OSError:
+        return False
+    if fs.f_files - fs.f_ffree != 1 or fs.f_blocks != fs.f_bfree:
+        return False
+    state = _root_state(WORK_DIR)
+    if state[:3] != mounted[1][:3] or state[-1] != mounted[1][-1]:
+        return False
+    os.utime(WORK_DIR)  # what it read or set of the root's times: gone
+    return True
+
+
 def _fresh_warm_mounts(
     spec: Spec, files: Sequence[tuple[str, bytes | bytearray]], uid: int | None
 ) -> None:
     """A fresh work dir holding `files`, /tmp and /dev/shm, over the last program's. /tmp or
     /dev/shm the last program left exactly as mounted stays (two system calls to check, where
-    a new mount costs an unmount and a mount). `uid`: the program's, when not this process's:
-    the work dir and its files are its."""
+    a new mount costs an unmount and a mount); the work dir stays when the last program's
+    files were all it left (`_work_dir_emptied`). `uid`: the program's, when not this
+    process's: the work dir and its files are its."""
     size = 2 * spec.file_mb << 20
     for target, options in (
         ("/tmp", f"size={size},mode=1777"),
         ("/dev/shm", f"size={spec.file_mb << 20},mode=1777"),
         (WORK_DIR, f"size={size},mode=0755"),
     ):
-        if target != WORK_DIR and _untouched(target, options):
+        if _work_dir_emptied(options) if target == WORK_DIR else _untouched(target, options):
             continue
         if target in _warm_mounts:
             umount(target)
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
         _warm_mounts[target] = (options, _root_state(target))
-    _write_files(files, uid)
+    _work_files[:] = []
+    for name, data in files:
+        _write_files([(name, data)], uid)
+        _work_files.append(name)
     if uid is not None:  # written: now the program's
         os.chown(WORK_DIR, uid, uid)
 

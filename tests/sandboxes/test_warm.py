@@ -144,11 +144,14 @@ async def test_the_next_program_sees_nothing_of_the_last(warm: LocalSandbox, lea
 
 # /tmp and /dev/shm stay from one program to the next only when the last left them exactly as
 # mounted (see `runner._untouched`); anything it did to them gets the next program new ones.
+# (It counts what is in them with statvfs: listing a directory moves its access time, which
+# would be the next program's to see, and gets it a new mount.)
 SCRATCH_PROBE = (
-    "import os\nfor d in ('/tmp', '/dev/shm'):\n    st = os.stat(d)\n"
-    "    print(d, st.st_ctime_ns, oct(st.st_mode), os.listdir(d), os.listxattr(d))\n"
+    "import os\nfor d in ('/tmp', '/dev/shm'):\n    st, fs = os.stat(d), os.statvfs(d)\n"
+    "    print(d, st.st_ctime_ns, oct(st.st_mode), fs.f_files - fs.f_ffree, os.listxattr(d))\n"
 )
 SCRATCH_ATTACKS = {
+    "listed": "os.listdir(d)\n",
     "file_made_and_removed": "open(f'{d}/x', 'w').write('x')\nos.unlink(f'{d}/x')\n",
     "dir_made_and_removed": "os.mkdir(f'{d}/x')\nos.rmdir(f'{d}/x')\n",
     "mode": "os.chmod(d, 0o700)\n",
@@ -184,10 +187,85 @@ async def test_a_touched_tmp_is_mounted_afresh(warm: LocalSandbox, attack: str, 
     assert touched.exit_code == 0, touched
     after = _scratch((await _run(warm, SCRATCH_PROBE)).stdout)
     assert int(after[where][0]) > int(touched.stdout)  # mounted after the attack
-    assert after[where][1:] == fresh[where][1:] == ["0o41777", "[]", "[]"]
+    assert after[where][1:] == fresh[where][1:] == ["0o41777", "1", "[]"]
     other = "/dev/shm" if where == "/tmp" else "/tmp"
     assert after[other] == fresh[other]  # the one it did not touch stays
     assert _started(warm) == 1
+
+
+# The work dir's mount stays from one program to the next only when, its files unlinked by
+# name, nothing of the last program is left there (see `runner._work_dir_emptied`); anything
+# else it did gets the next program a new mount.
+# It prints the root's birth time first (statx; a new mount, a new root), then what is in it.
+WORK_PROBE = (
+    "import ctypes, os\nbuf = ctypes.create_string_buffer(256)\n"
+    "assert ctypes.CDLL(None).statx(-100, b'.', 0, 0x800, buf) == 0\n"  # STATX_BTIME
+    "print(bytes(buf.raw[80:92]).hex(), sorted(os.listdir('.')), oct(os.stat('.').st_mode), "
+    "os.listxattr('.'), open('main.py').read().startswith('import ctypes'))\n"
+)
+# A default ACL (version 2; the owner rwx, the group r-x, others nothing), as setfacl sets it.
+_ACL = (
+    "struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, p, 0xFFFFFFFF) "
+    "for t, p in ((1, 7), (4, 5), (0x20, 0)))"
+)
+WORK_ATTACKS = {
+    "file_left": "open('left', 'w').write('x')\n",
+    "hard_link_to_its_file": "os.link('main.py', 'kept')\n",
+    "its_file_renamed": "os.rename('main.py', 'moved.py')\n",
+    "dir_left": "os.mkdir('d')\n",
+    "symlink_left": "os.symlink('/etc/passwd', 'link')\n",
+    "fifo_left": "os.mkfifo('f')\n",
+    "mode": "os.chmod('.', 0o777)\n",
+    "xattr": "os.setxattr('.', 'user.left', b'1')\n",
+    "default_acl": f"import struct\nos.setxattr('.', 'system.posix_acl_default', {_ACL})\n",
+    "chattr_nodump": "import fcntl\nfd = os.open('.', os.O_RDONLY)\n"
+    "fcntl.ioctl(fd, 0x40086602, (0x40).to_bytes(8, 'little'))\n",  # FS_IOC_SETFLAGS
+}
+
+
+@pytest.mark.parametrize("attack", WORK_ATTACKS, ids=str)
+async def test_a_work_dir_left_other_than_given_is_mounted_afresh(
+    warm: LocalSandbox, attack: str
+) -> None:
+    fresh = (await _run(warm, WORK_PROBE)).stdout.split(maxsplit=1)
+    again = (await _run(warm, WORK_PROBE)).stdout.split(maxsplit=1)
+    assert again == fresh  # its files were all the last left: the same mount, emptied
+    assert fresh[1] == b"['main.py'] 0o40755 [] True\n"
+    # It waits after the attack: a new mount's root takes the coarse clock.
+    code = f"import os, time\n{WORK_ATTACKS[attack]}time.sleep(0.05)\n"
+    touched = await _run(warm, code)
+    if attack in ("default_acl", "chattr_nodump") and b"OSError" in touched.stderr:
+        pytest.skip(f"not on this kernel's tmpfs: {touched.stderr.decode().strip()}")
+    assert touched.exit_code == 0, touched
+    after = (await _run(warm, WORK_PROBE)).stdout.split(maxsplit=1)
+    assert after[0] != fresh[0]  # a new mount
+    assert after[1] == fresh[1]
+    assert _started(warm) == 1
+
+
+async def test_the_work_dir_times_a_program_set_are_not_the_next_ones(
+    warm: LocalSandbox,
+) -> None:
+    """Times are not checked but set anew: the work dir stays, and what the last program read
+    or set of its root's times (listing it moves the access time) does not reach the next."""
+    probe = "import os\nst = os.stat('.')\nprint(st.st_atime_ns, st.st_mtime_ns)\n"
+    assert (await _run(warm, "import os\nos.utime('.', ns=(1, 1))\n")).exit_code == 0
+    got = await _run(warm, probe)
+    assert b"1" not in got.stdout.split(), got
+    assert all(int(t) > 10**18 for t in got.stdout.split())  # now, in ns since 1970
+
+
+async def test_a_program_that_rewrites_its_file_leaves_the_next_its_own(
+    warm: LocalSandbox,
+) -> None:
+    """The work dir stays (the program's own file was all it left), but the file is the next
+    program's, not the content the last one wrote into it."""
+    planted = (
+        "import os\nopen('main.py', 'w').write('print(\"planted\")')\nos.chmod('main.py', 0o777)\n"
+    )
+    assert (await _run(warm, planted)).exit_code == 0
+    got = await _run(warm, "import os\nprint(oct(os.stat('main.py').st_mode))\n")
+    assert got.stdout == b"0o100644\n", got
 
 
 async def test_a_file_held_open_unnamed_leaves_nothing(warm: LocalSandbox) -> None:
