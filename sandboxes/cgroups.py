@@ -100,15 +100,19 @@ _INSTANCES = itertools.count()
 
 
 def _counter(path: Path, key: str) -> int:
-    """A cgroup file's counter: its line `key N`. (Read with `os.read`, not `read_text`: it
-    is read after every warm run of several processes, and the text layer costs more than the
-    read.)"""
+    """A cgroup file's counter: its line `key N`."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        text = os.read(fd, 1 << 16).decode()
+        return _counter_at(fd, key)
     finally:
         os.close(fd)
-    for line in text.splitlines():
+
+
+def _counter_at(fd: int, key: str) -> int:
+    """The counter `key` of the cgroup file open at `fd`, read afresh (`pread` from its start
+    makes the kernel write it anew). A job's events file is kept open and read so after every
+    warm run of several processes: two system calls and a path less than opening it."""
+    for line in os.pread(fd, 1 << 16, 0).decode().splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)
@@ -206,9 +210,6 @@ class MemoryCgroups:
         assert self.layout.peak is not None
         (path / self.layout.peak).write_text("0")  # the peak from now: the usage now
 
-    def _oom_kills(self, path: Path) -> int:
-        return _counter(path / self.layout.oom_events, "oom_kill")
-
     def _cap_hits(self, path: Path) -> int:
         """v2: how often this cgroup's own cap made the OOM killer run."""
         return _counter(path / self.layout.oom_events, "oom")
@@ -234,7 +235,12 @@ class JobCgroup:
 
     def __init__(self, owner: MemoryCgroups, path: Path, procs: int) -> None:
         self.owner, self.path, self._procs = owner, path, procs
-        self._oom_before = owner._oom_kills(path)
+        try:
+            self._events = os.open(path / owner.layout.oom_events, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(procs)
+            raise
+        self._oom_before = _counter_at(self._events, "oom_kill")
         self._cap_before = owner._cap_hits(path) if owner.layout.version == 2 else 0
 
     @property
@@ -263,7 +269,7 @@ class JobCgroup:
 
     def oom_kills(self) -> int:
         """Processes the kernel killed in this cgroup for memory during this job."""
-        return self.owner._oom_kills(self.path) - self._oom_before
+        return _counter_at(self._events, "oom_kill") - self._oom_before
 
     def cap_reached(self) -> bool:
         """Whether the job reached its own cap during this job (not only its host's)."""
@@ -274,12 +280,14 @@ class JobCgroup:
     def abandon(self) -> None:
         """Give back a cgroup no job entered."""
         os.close(self._procs)
+        os.close(self._events)
         self.owner._free.append(self.path)
 
     async def release(self) -> None:
         """Give the cgroup back once the job's last process has left it (the kernel may take a
         moment after a kill); one that stays busy is set aside and removed at close."""
         os.close(self._procs)
+        os.close(self._events)
         for _ in range(100):
             if not (self.path / "cgroup.procs").read_text().strip():
                 self.owner._free.append(self.path)
