@@ -6,7 +6,8 @@ Five parts, each comparing ways in the same run (read the ratios; this machine i
    `assay serve` warm (default settings) and cold (`warm_python_workers=0`), both with the
    result cache off; the plain way (`subprocess.run([python3, "-c", code])` in a pool as wide as
    the cores, no sandbox); and the floor: one warm interpreter per core, each program run in an
-   `os.fork` of it, with no isolation at all.
+   `os.fork` of it, with no isolation at all. The ways take turns, a slice of the items at a
+   time (`--slices`), so that they meet the machine's same moments.
 2. `io`: 200 items x 20 I/O tests, in process: one sandbox per test (the old way), one sandbox
    per item (`run_many`, cold), and warm; bubblewrap starts counted.
 3. `humaneval`: the 164 canonical HumanEval solutions through `test_code`, warm and cold.
@@ -125,7 +126,10 @@ def run_floor(items: list[dict[str, Any]]) -> tuple[float, list[float]]:
     return elapsed, rewards
 
 
-def part_stdin(rounds: int, n: int) -> dict[str, Any]:
+def part_stdin(rounds: int, n: int, slices: int) -> dict[str, Any]:
+    """Each round's items are cut into `slices` slices, and every way runs each slice in turn
+    (the order rotating): the ways meet the same moments of this machine, whose speed drifts by
+    a fifth within a minute, and each way's items/s is its items over its time summed."""
     warm = code_sum.Service({"cache_entries": "0"})
     cold = code_sum.Service({"cache_entries": "0", "warm_python_workers": "0"})
     out: list[dict[str, Any]] = []
@@ -135,17 +139,22 @@ def part_stdin(rounds: int, n: int) -> dict[str, Any]:
             for r in range(rounds):
                 items = code_sum.make_items(n, seed=r)
                 ways = {
-                    "warm": lambda it=items: code_sum.run_service(wc, it),
-                    "cold": lambda it=items: code_sum.run_service(cc, it),
-                    "plain": lambda it=items: code_sum.run_plain(it),
-                    "floor": lambda it=items: run_floor(it),
+                    "warm": lambda it: code_sum.run_service(wc, it),
+                    "cold": lambda it: code_sum.run_service(cc, it),
+                    "plain": code_sum.run_plain,
+                    "floor": run_floor,
                 }
-                order = list(ways) if r % 2 == 0 else list(reversed(ways))
-                got: dict[str, Any] = {}
-                for way in order:
-                    seconds, results = ways[way]()
-                    rewards = [getattr(x, "reward", x) for x in results]
-                    got[way] = {"items_per_s": n / seconds, "rewards": rewards}
+                got: dict[str, Any] = {w: {"seconds": 0.0, "rewards": []} for w in ways}
+                size = -(-n // slices)
+                for k, start in enumerate(range(0, n, size)):
+                    part = items[start : start + size]
+                    names = list(ways)
+                    for way in names[k % len(names) :] + names[: k % len(names)]:
+                        seconds, results = ways[way](part)
+                        got[way]["seconds"] += seconds
+                        got[way]["rewards"] += [getattr(x, "reward", x) for x in results]
+                for way in got:
+                    got[way]["items_per_s"] = n / got[way]["seconds"]
                 agree = all(got[w]["rewards"] == got["floor"]["rewards"] for w in got)
                 row = {w: round(got[w]["items_per_s"], 1) for w in got}
                 row["agree"] = agree
@@ -389,6 +398,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--items", type=int, default=1000, help="stdin part")
+    parser.add_argument(
+        "--slices", type=int, default=5, help="stdin part: slices each way runs in turn"
+    )
     parser.add_argument("--io-items", type=int, default=200)
     parser.add_argument("--io-tests", type=int, default=20)
     parser.add_argument("--latency-items", type=int, default=200)
@@ -398,7 +410,7 @@ def main() -> int:
     parts = args.parts.split(",")
     report: dict[str, Any] = {"benchmark": "warm", "cores": CORES}
     if "stdin" in parts:
-        report["stdin"] = part_stdin(args.rounds, args.items)
+        report["stdin"] = part_stdin(args.rounds, args.items, args.slices)
     if "io" in parts:
         report["io"] = part_io(args.rounds, args.io_items, args.io_tests)
     if "humaneval" in parts:

@@ -138,9 +138,13 @@ class WarmPython:
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise SandboxError(f"a warm Python worker is gone: {exc!r}") from exc
             last = len(job.runs) - 1
+            end: tuple[dict[str, Any], list[bytes]] | None = None
             for index, run in enumerate(job.runs):
                 budget = run.limits.wall_s + steps.STEP_SLACK_S + steps.START_SLACK_S
-                frame = await self._next(tool, budget)
+                if index < last:
+                    frame = await self._next(tool, budget)
+                else:  # the end follows the last result with no word from here: one wait
+                    frame, end = await self._frames(tool, budget + steps.START_SLACK_S, 2)
                 result = steps.step_result(*frame, oom_killed=False)
                 # The memory killer kills with SIGKILL: a single-process run that ended any
                 # other way met none (its cgroup file is not read, a cost on every run).
@@ -158,20 +162,31 @@ class WarmPython:
                     await tool.stdin.drain()
                 if stop:
                     break
-            end = await self._next(tool, steps.START_SLACK_S)
+            if end is None:
+                end = await self._next(tool, steps.START_SLACK_S)
             if end[0].get("kind") != "end":
                 raise SandboxError(f"a warm Python worker sent {end[0]!r} for the end")
 
     async def _next(self, tool: Any, budget_s: float) -> tuple[dict[str, Any], list[bytes]]:
+        (frame,) = await self._frames(tool, budget_s, 1)
+        return frame
+
+    async def _frames(
+        self, tool: Any, budget_s: float, count: int
+    ) -> list[tuple[dict[str, Any], list[bytes]]]:
+        """The worker's next `count` frames, within one budget."""
+        got = []
         try:
             async with asyncio.timeout(budget_s):
-                frame = await steps.read_frame(tool.stdout)
+                for _ in range(count):
+                    frame = await steps.read_frame(tool.stdout)
+                    if frame is None:
+                        tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
+                        raise SandboxError(f"a warm Python worker died: {tail}")
+                    got.append(frame)
         except TimeoutError as exc:
             raise SandboxError("a warm Python worker overran its deadline") from exc
-        if frame is None:
-            tail = tool.stderr_tail().decode(errors="replace").strip()[-500:]
-            raise SandboxError(f"a warm Python worker died: {tail}")
-        return frame
+        return got
 
 
 __all__ = ["WarmPython", "WarmWorker", "warm_source"]
