@@ -240,7 +240,7 @@ class JobCgroup:
         except OSError:
             os.close(procs)
             raise
-        self._oom_before = _counter_at(self._events, "oom_kill")
+        self._oom_before = self._oom_after = _counter_at(self._events, "oom_kill")
         self._cap_before = owner._cap_hits(path) if owner.layout.version == 2 else 0
 
     @property
@@ -268,8 +268,21 @@ class JobCgroup:
         os.write(self._procs, b"0")
 
     def oom_kills(self) -> int:
-        """Processes the kernel killed in this cgroup for memory during this job."""
-        return _counter_at(self._events, "oom_kill") - self._oom_before
+        """Processes the kernel killed in this cgroup for memory during this job (up to its
+        release, when asked after it: a tool's user asks once the tool has died and gone)."""
+        if self._events >= 0:
+            self._oom_after = _counter_at(self._events, "oom_kill")
+        return self._oom_after - self._oom_before
+
+    def _close_events(self) -> None:
+        """The events file's last count kept, and the file closed (once: its number may be
+        another file's afterwards)."""
+        if self._events < 0:
+            return
+        with contextlib.suppress(OSError):
+            self._oom_after = _counter_at(self._events, "oom_kill")
+        os.close(self._events)
+        self._events = -1
 
     def cap_reached(self) -> bool:
         """Whether the job reached its own cap during this job (not only its host's)."""
@@ -280,17 +293,19 @@ class JobCgroup:
     def abandon(self) -> None:
         """Give back a cgroup no job entered."""
         os.close(self._procs)
-        os.close(self._events)
+        self._close_events()
         self.owner._free.append(self.path)
 
     async def release(self) -> None:
         """Give the cgroup back once the job's last process has left it (the kernel may take a
         moment after a kill); one that stays busy is set aside and removed at close."""
         os.close(self._procs)
-        os.close(self._events)
-        for _ in range(100):
-            if not (self.path / "cgroup.procs").read_text().strip():
-                self.owner._free.append(self.path)
-                return
-            await asyncio.sleep(0.01)
+        try:
+            for _ in range(100):
+                if not (self.path / "cgroup.procs").read_text().strip():
+                    self.owner._free.append(self.path)
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            self._close_events()  # after the kill and the wait: the kills all counted
         log.warning("cgroup %s still holds processes after its job; set aside", self.path)

@@ -135,20 +135,6 @@ static int read_exact(int fd, void *data, size_t n) {
     return 0;
 }
 
-static int write_all(int fd, const void *data, size_t n) {
-    const char *p = data;
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        p += k;
-        n -= k;
-    }
-    return 0;
-}
-
 /* `iov` written whole, in as few system calls as the pipe takes. */
 static int writev_all(int fd, struct iovec *iov, int count) {
     while (count) {
@@ -168,6 +154,11 @@ static int writev_all(int fd, struct iovec *iov, int count) {
         }
     }
     return 0;
+}
+
+static int write_all(int fd, const void *data, size_t n) {
+    struct iovec iov = {(void *)data, n};
+    return writev_all(fd, &iov, 1);
 }
 
 /* -- mounts: a fresh work dir, and /tmp and /dev/shm unless the last program left them as
