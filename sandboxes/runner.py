@@ -961,10 +961,8 @@ def _fresh_warm_mounts(
             umount(target)
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
         _warm_mounts[target] = (options, _root_state(target))
-    _work_files[:] = []
-    for name, data in files:
-        _write_files([(name, data)], uid)
-        _work_files.append(name)
+    _work_files[:] = [name for name, _ in files]  # for `_work_dir_emptied`, next time
+    _write_files(files, uid)
     if uid is not None:  # written: now the program's
         os.chown(WORK_DIR, uid, uid)
 

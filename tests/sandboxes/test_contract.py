@@ -498,18 +498,15 @@ async def test_hostile_program(box: Box, case: Hostile) -> None:
     if case.stdout is not None:
         assert run.stdout == case.stdout
     assert run.time_s < LIMITS.wall_s + SLACK_S
-    if os.geteuid() == 0 and not box.path.startswith("warm"):  # a warm worker lives on, by design
+    warm = box.path.startswith("warm")
+    if os.geteuid() == 0 and not warm:  # a warm worker lives on, by design
         assert await _gone(UID_BASE, UID_COUNT) == []
     assert _scratch_files() - tmp_before == set()
-    if sandbox._cgroups is not None and not box.path.startswith(
-        "warm"
-    ):  # empty, ready for the next job
+    if sandbox._cgroups is not None and not warm:  # empty, ready for the next job
         for job_cgroup in (p for p in sandbox._cgroups.base.iterdir() if p.is_dir()):
             assert (job_cgroup / "cgroup.procs").read_text() == ""
             assert job_cgroup in sandbox._cgroups._free
-    if box.path.startswith(
-        "warm"
-    ):  # the program's processes are gone; its worker is well and reused
+    if warm:  # the program's processes are gone; its worker is well and reused
         assert sandbox._warm is not None
         assert await _only_the_worker_left(sandbox)
 
