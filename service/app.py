@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -508,8 +508,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         summary="Score a batch; NDJSON, one result per line as each finishes, with `index`.",
         responses={200: {"content": {"application/x-ndjson": {}}, "model": IndexedResult}},
     )
-    async def score_stream(body: ScoreRequest) -> StreamingResponse:
+    async def score_stream(
+        body: ScoreRequest,
+        gather_ms: float | None = Query(
+            default=None,
+            ge=0,
+            le=1000,
+            description="Results that finish within this many ms of the last line group sent "
+            "wait to go in the next (never the batch's last); 0: each line as soon as its "
+            "result is ready. Default: `ASSAY_STREAM_GATHER_MS` (20).",
+        ),
+    ) -> StreamingResponse:
         admit(body, "stream")
+        gather_s = (settings.stream_gather_ms if gather_ms is None else gather_ms) / 1000
         n = len(body.items)
         reserved[0] += n
         held = [True]
@@ -525,7 +536,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 # The Engine counts the items from the stream's first step, before it first
                 # waits: no other request is admitted between the two.
                 release()
-                async with contextlib.aclosing(engine.stream_ready(body.items)) as stream:
+                async with contextlib.aclosing(
+                    engine.stream_ready(body.items, gather_s)
+                ) as stream:
                     async for ready in stream:
                         # An `IndexedResult` per line, from the results the engine made.
                         yield b"".join(

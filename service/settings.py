@@ -126,6 +126,15 @@ class Settings(BaseSettings):
         description="A longer completion is `format_error` before it is read: what one item "
         "may cost the service's own CPU and memory grows with it (bench/service_cost.py).",
     )
+    stream_gather_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="`/v1/score/stream` sends a line group at most this often: results that "
+        "finish in between wait for the next (never a batch's last). Each read costs a client "
+        "about as much as a small item's own result; 0 sends each as it comes. A request's "
+        "`?gather_ms=` overrides it.",
+    )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After on 429 and 503.")
     drain_s: float = Field(
         default=30.0,

@@ -263,6 +263,27 @@ async def test_results_ready_together_come_together(sandbox: CountingSandbox) ->
     assert all(r.id == i for group in groups for i, r in group if i < 30)
 
 
+async def test_a_gathering_stream_sends_what_finishes_between_groups_together(
+    sandbox: CountingSandbox,
+) -> None:
+    """With `gather_s`, the first result goes at once, those that finish within the window
+    after it wait for the next group, and the batch's last is never held for the window: a
+    minute's window, and the four items, 0.3 s apart, are all in by the time the last ends."""
+    engine = make_engine(sandbox, cache_entries=0)
+    items = [code_item(f"import time\ntime.sleep({0.3 * i})\nprint(3)", str(i)) for i in range(4)]
+    groups: dict[float, list[list[int]]] = {}
+    for gather_s in (0.0, 60.0):
+        groups[gather_s] = []
+        async with asyncio.timeout(30), contextlib.aclosing(
+            engine.stream_ready(items, gather_s)
+        ) as ready:
+            async for group in ready:
+                groups[gather_s].append([i for i, _ in group])
+    assert groups[0.0] == [[0], [1], [2], [3]]
+    assert groups[60.0][0] == [0]
+    assert groups[60.0][1:] == [[1, 2, 3]]
+
+
 async def test_abandoned_stream_cancels_its_work(sandbox: CountingSandbox) -> None:
     engine = make_engine(sandbox, concurrency={"code": 1})
     stream = engine.stream(

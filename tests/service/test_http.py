@@ -73,6 +73,25 @@ def test_stream_is_ndjson_with_indexes(server: Server) -> None:
     assert by_id["slow"]["index"] == 0
 
 
+def test_a_stream_s_gathering_is_the_request_s_to_choose(server: Server) -> None:
+    """`?gather_ms=0` sends each line as its result is ready; out of [0, 1000] is a 422 that
+    names the parameter."""
+    items = [item("import time\ntime.sleep(0.5)\nprint(5)", "slow"), item("print(5)", "fast")]
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/score/stream?gather_ms=0",
+        json={"items": items},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [line["id"] for line in lines] == ["fast", "slow"]
+    for bad in ("-1", "1001", "soon"):
+        refused = post(server, {"items": items}, path=f"/v1/score/stream?gather_ms={bad}")
+        assert refused.status_code == 422
+        assert "gather_ms" in refused.text
+
+
 def test_malformed_items_beside_good_ones(server: Server) -> None:
     items = [
         item(RIGHT, "good"),
