@@ -536,9 +536,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 # The Engine counts the items from the stream's first step, before it first
                 # waits: no other request is admitted between the two.
                 release()
-                async with contextlib.aclosing(
-                    engine.stream_ready(body.items, gather_s)
-                ) as stream:
+                async with contextlib.aclosing(engine.stream_ready(body.items, gather_s)) as stream:
                     async for ready in stream:
                         # An `IndexedResult` per line, from the results the engine made.
                         yield b"".join(

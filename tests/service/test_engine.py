@@ -274,9 +274,10 @@ async def test_a_gathering_stream_sends_what_finishes_between_groups_together(
     groups: dict[float, list[list[int]]] = {}
     for gather_s in (0.0, 60.0):
         groups[gather_s] = []
-        async with asyncio.timeout(30), contextlib.aclosing(
-            engine.stream_ready(items, gather_s)
-        ) as ready:
+        async with (
+            asyncio.timeout(30),
+            contextlib.aclosing(engine.stream_ready(items, gather_s)) as ready,
+        ):
             async for group in ready:
                 groups[gather_s].append([i for i, _ in group])
     assert groups[0.0] == [[0], [1], [2], [3]]
