@@ -967,6 +967,63 @@ def _fresh_warm_mounts(
         os.chown(WORK_DIR, uid, uid)
 
 
+class _IpcView:
+    """The IPC namespace programs run in, kept from one program to the next while the last
+    left nothing in it (`warm_init.c`'s `fresh_ipc` says why this is all it may hold): its
+    POSIX message queues, seen through an mqueue mount of this process's own that is attached
+    nowhere (fsopen, fsmount), whose root grows and moves its times with each queue made.
+    Where the kernel has no fsmount, every program gets a new namespace."""
+
+    _SYSCALLS = (430, 431, 432)  # fsopen, fsconfig, fsmount: one number on every machine
+    _CREATE, _NOSUID_NODEV_NOEXEC = 6, 0x2 | 0x4 | 0x8
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.root: tuple[int, ...] = ()
+
+    def _open(self) -> None:
+        syscall = kernel().raw.syscall
+        fsopen, fsconfig, fsmount = (ctypes.c_long(n) for n in self._SYSCALLS)
+        fs = syscall(fsopen, ctypes.c_char_p(b"mqueue"), ctypes.c_long(1))  # FSOPEN_CLOEXEC
+        if fs < 0:
+            return
+        try:
+            args = (ctypes.c_long(self._CREATE), None, None, ctypes.c_long(0))
+            if syscall(fsconfig, ctypes.c_long(fs), *args) != 0:
+                return
+            fd = syscall(fsmount, ctypes.c_long(fs), ctypes.c_long(1), ctypes.c_long(7 << 1))
+        finally:
+            os.close(fs)
+        if fd < 0:
+            return
+        if fd >= _RUNNER_FDS:  # each program closes the runner's fds below this, not above
+            os.close(fd)
+            return
+        self.fd, self.root = fd, self._state(fd)
+
+    @staticmethod
+    def _state(fd: int) -> tuple[int, ...]:
+        st = os.fstat(fd)
+        return (st.st_ino, st.st_size, st.st_nlink, st.st_mode, st.st_uid, st.st_gid) + (
+            st.st_ctime_ns,
+            st.st_mtime_ns,
+            st.st_atime_ns,
+        )
+
+    def fresh(self) -> None:
+        """The namespace the next program runs in: this one if the last left it untouched."""
+        if self.fd is not None and self._state(self.fd) == self.root:
+            return
+        calls().call(calls().new_ipc, "unshare")
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self._open()
+
+
+_ipc = _IpcView()
+
+
 def _end_the_rest() -> None:
     """Kill every process of the namespace but this one (init)."""
     with contextlib.suppress(ProcessLookupError):
@@ -998,10 +1055,9 @@ def run_warm_step(
     `cgroup.procs`) when given; its result header, stdout and stderr."""
     _fresh_warm_mounts(spec, files, uid)
     c = calls()
-    # A fresh IPC namespace for this process, which the program inherits: message queues and
-    # the like die with it once the program and what it left are gone. (Made here, not in the
-    # program, where the same call costs it more: see `_Calls`.)
-    c.call(c.new_ipc, "unshare")
+    # An IPC namespace no program before it left anything in, which the program inherits
+    # (made here, not in the program, where the same call costs it more: see `_Calls`).
+    _ipc.fresh()
     filter_args = c.seccomp(seccomp) if seccomp else None
     pipes = _Pipes()
     started = time.monotonic()

@@ -142,6 +142,42 @@ async def test_the_next_program_sees_nothing_of_the_last(warm: LocalSandbox, lea
     assert _started(warm) == 1  # all three on the same warm interpreter
 
 
+# The IPC namespace stays from one program to the next only while the last left nothing in it
+# (System V IPC is refused; a POSIX message queue left gets the next program a new one: see
+# `runner._IpcView`). A queue made and removed leaves nothing, and may or may not (its root's
+# times move by the coarse clock) get the next program a new one.
+IPC_PROBE = (
+    "import ctypes, os\nrt = ctypes.CDLL('librt.so.1')\n"
+    "print(os.stat('/proc/self/ns/ipc').st_ino, rt.mq_open(b'/q', os.O_RDONLY) < 0)\n"
+)
+MQ = (
+    "import ctypes, os\nrt = ctypes.CDLL('librt.so.1')\n"
+    "assert rt.mq_open(b'/q', os.O_CREAT | os.O_RDWR, 0o644, None) >= 0\n"  # others may read
+)
+IPC_ATTACKS = {
+    "nothing": "",
+    "made_and_removed": MQ + "assert rt.mq_unlink(b'/q') == 0\n",
+    "left": MQ,
+    "left_one_of_two": MQ.replace("/q", "/r") + MQ + "assert rt.mq_unlink(b'/r') == 0\n",
+}
+
+
+@pytest.mark.parametrize("attack", IPC_ATTACKS)
+async def test_a_queue_left_gets_the_next_program_a_new_ipc_namespace(
+    warm: LocalSandbox, attack: str
+) -> None:
+    first = (await _run(warm, IPC_PROBE)).stdout.split()
+    used = await _run(warm, IPC_ATTACKS[attack])
+    assert used.exit_code == 0, used
+    after = (await _run(warm, IPC_PROBE)).stdout.split()
+    assert first[1] == after[1] == b"True"  # no queue /q, before or after
+    if attack == "nothing":
+        assert after[0] == first[0]  # untouched: kept
+    elif attack.startswith("left"):
+        assert after[0] != first[0]
+    assert _started(warm) == 1
+
+
 # /tmp and /dev/shm stay from one program to the next only when the last left them exactly as
 # mounted (see `runner._untouched`); anything it did to them gets the next program new ones.
 # (It counts what is in them with statvfs: listing a directory moves its access time, which
