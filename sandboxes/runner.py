@@ -971,11 +971,11 @@ class _IpcView:
     """The IPC namespace programs run in, kept from one program to the next while the last
     left nothing in it (`warm_init.c`'s `fresh_ipc` says why this is all it may hold): its
     POSIX message queues, seen through an mqueue mount of this process's own that is attached
-    nowhere (fsopen, fsmount), whose root grows and moves its times with each queue made.
-    Where the kernel has no fsmount, every program gets a new namespace."""
+    nowhere (fsopen, fsmount), whose root's size counts the queues. Where the kernel has no
+    fsmount, every program gets a new namespace."""
 
     _SYSCALLS = (430, 431, 432)  # fsopen, fsconfig, fsmount: one number on every machine
-    _CREATE, _NOSUID_NODEV_NOEXEC = 6, 0x2 | 0x4 | 0x8
+    _CLOEXEC, _CMD_CREATE, _NOSUID_NODEV_NOEXEC = 1, 6, 0x2 | 0x4 | 0x8
 
     def __init__(self) -> None:
         self.fd: int | None = None
@@ -984,14 +984,15 @@ class _IpcView:
     def _open(self) -> None:
         syscall = kernel().raw.syscall
         fsopen, fsconfig, fsmount = (ctypes.c_long(n) for n in self._SYSCALLS)
-        fs = syscall(fsopen, ctypes.c_char_p(b"mqueue"), ctypes.c_long(1))  # FSOPEN_CLOEXEC
+        fs = syscall(fsopen, ctypes.c_char_p(b"mqueue"), ctypes.c_long(self._CLOEXEC))
         if fs < 0:
             return
         try:
-            args = (ctypes.c_long(self._CREATE), None, None, ctypes.c_long(0))
-            if syscall(fsconfig, ctypes.c_long(fs), *args) != 0:
+            create = (ctypes.c_long(self._CMD_CREATE), None, None, ctypes.c_long(0))
+            if syscall(fsconfig, ctypes.c_long(fs), *create) != 0:
                 return
-            fd = syscall(fsmount, ctypes.c_long(fs), ctypes.c_long(1), ctypes.c_long(7 << 1))
+            attrs = (ctypes.c_long(self._CLOEXEC), ctypes.c_long(self._NOSUID_NODEV_NOEXEC))
+            fd = syscall(fsmount, ctypes.c_long(fs), *attrs)
         finally:
             os.close(fs)
         if fd < 0:
@@ -1004,11 +1005,8 @@ class _IpcView:
     @staticmethod
     def _state(fd: int) -> tuple[int, ...]:
         st = os.fstat(fd)
-        return (st.st_ino, st.st_size, st.st_nlink, st.st_mode, st.st_uid, st.st_gid) + (
-            st.st_ctime_ns,
-            st.st_mtime_ns,
-            st.st_atime_ns,
-        )
+        ids = (st.st_ino, st.st_size, st.st_nlink, st.st_mode, st.st_uid, st.st_gid)
+        return ids + (st.st_ctime_ns, st.st_mtime_ns, st.st_atime_ns)
 
     def fresh(self) -> None:
         """The namespace the next program runs in: this one if the last left it untouched."""

@@ -268,9 +268,10 @@ static int fresh_mounts(uint32_t file_mb) {
    nothing in it. System V IPC, the rest of what a namespace holds, the worker's seccomp filter
    refuses; POSIX message queues are the entries of the namespace's mqueue filesystem, which
    the init sees through a mount of its own that is attached nowhere (fsopen, fsmount: no
-   program can reach it, and its fd is below RUNNER_FDS, closed in each program). A queue
-   made grows its root's size and moves its times; a program that left one, or made and
-   removed one, gets the next program a new namespace. Where the kernel has no fsmount
+   program can reach it, and its fd is below RUNNER_FDS, closed in each program). Its root's
+   size counts the queues, so a program that left one gets the next program a new namespace;
+   one made and removed moves the root's times (by the coarse clock: within a tick of the
+   last check it may not, and then nothing is left either). Where the kernel has no fsmount
    (before 5.2), every program gets a new one, as before. A new namespace costs the unshare
    and its teardown (an RCU grace period in a kernel worker): about 0.1 ms a program. */
 #ifndef SYS_fsopen
