@@ -524,8 +524,8 @@ class LocalSandbox:
                 if runner_mode is not None:
                     source = steps.runner_source()
                     fds.append(stack.enter_context(memfd("runner", source)))
-                    script = f"/proc/self/fd/{fds[-1]}"
-                    job = dataclasses.replace(job, argv=(*job.argv, script, *mode_args))
+                    loader = steps.runner_loader(fds[-1])
+                    job = dataclasses.replace(job, argv=(*job.argv, *loader, *mode_args))
                 bwrap = self._bwrap_argv(
                     job,
                     files,

@@ -1228,6 +1228,18 @@ def _serve_in_c(
     _python(name, text)()
 
 
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's `malloc_trim`).
+
+    This interpreter compiled this file from source (a memfd, no cached bytecode): the
+    compiler's memory, freed, stays in the heap as pages the process still holds, about 2 MB
+    of its 9. Every program's fork copies the page table entries of what the process holds and
+    its exit tears them down, so what is held and unused costs every program."""
+    trim = getattr(kernel().libc, "malloc_trim", None)  # glibc's; musl has none
+    if trim is not None:
+        trim(0)
+
+
 def serve_warm(
     ctl_in: int,
     ctl_out: int,
@@ -1260,6 +1272,7 @@ def serve_warm(
             importlib.import_module(name)
     gc.collect()
     gc.freeze()  # the forked programs share these objects' pages instead of copying them
+    _trim_heap()
     _write_all(ctl_out, encode({"kind": "ready", "pid": os.getpid()}))
     if library is not None:
         _serve_in_c(library, ctl_in, ctl_out, uids, cgroup)

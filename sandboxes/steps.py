@@ -33,6 +33,15 @@ def runner_source() -> bytes:
     return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
 
 
+def runner_loader(fd: int) -> tuple[str, str]:
+    """The `python3` arguments that run `runner.py` from the memfd `fd`: a `-c` program that
+    compiles it and runs it, not the memfd as the script. CPython keeps a script's syntax tree
+    until the script ends, and the runner's (3.7 MB) would live as long as the runner: in a warm
+    worker, in every program's fork, whose copy and teardown of the page tables scale with what
+    the interpreter holds. `compile()` frees its tree before the code runs."""
+    return "-c", f"exec(compile(open('/proc/self/fd/{fd}', 'rb').read(), 'runner.py', 'exec'))"
+
+
 def warm_init_library() -> bytes | None:
     """`warm_init.c`, the warm workers' loop between programs, compiled for this machine; None
     where it cannot be (no C compiler) or `ASSAY_WARM_INIT=python` asks so, and warm workers
