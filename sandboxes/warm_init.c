@@ -75,13 +75,45 @@ struct step_head {
     uint32_t file_mb, processes, address_space_mb, stdin_len;
 } __attribute__((packed));
 
-/* What a forked child returns to Python with. */
+/* What a forked child returns to Python with, both set by Python before the loop. Through
+   ctypes, in the child, the interpreter's after-fork hook and two reads of the program's name and
+   text cost 0.3 ms and 100 page faults (ctypes' objects, each touched page a copy): the hook is
+   called here, as `os.fork` calls it in C, and the file is put where Python reads it as bytes. */
 struct assay_program {
-    const char *name; /* the program's file name; NULL: on stdin */
-    int64_t name_len;
-    const char *text; /* the file's content, as written to the work dir */
-    int64_t text_len;
+    void (*after_fork)(void); /* the interpreter's PyOS_AfterFork_Child */
+    /* A private anonymous mapping of Python's (nothing of it is touched before a child writes,
+       so that forks copy none of it): the child puts there the name's and the text's sizes
+       (each a uint64, the machine's byte order; NO_SIZE: no name, the program is on stdin; no text, it
+       did not fit: read it from the work dir), then the name and the text. */
+    char *area;
+    uint64_t area_size;
 };
+
+#define NO_SIZE UINT64_MAX
+
+static void put_program(struct assay_program *program, const struct request *q,
+                        const struct file_head *files, const char *names) {
+    uint64_t sizes[2] = {NO_SIZE, NO_SIZE};
+    const char *p = names;
+    for (int f = 0; f < (int)q->nfiles; f++) {
+        if (f == q->source) {
+            /* A name is at most 255 bytes (its file was made in the work dir) and the area is
+               far larger (runner.py: `_AREA_BYTES`); a text that does not fit is read. */
+            sizes[0] = files[f].name_len;
+            if (sizeof sizes + sizes[0] > program->area_size) {
+                dprintf(2, "the program's name does not fit its area\n");
+                _exit(127);
+            }
+            memcpy(program->area + sizeof sizes, p, sizes[0]);
+            if (sizeof sizes + sizes[0] + files[f].data_len <= program->area_size) {
+                sizes[1] = files[f].data_len;
+                memcpy(program->area + sizeof sizes + sizes[0], p + sizes[0], sizes[1]);
+            }
+        }
+        p += files[f].name_len + files[f].data_len;
+    }
+    memcpy(program->area, sizes, sizeof sizes);
+}
 
 struct buf {
     char *data;
@@ -737,18 +769,9 @@ int assay_warm_serve(int ctl_in, int ctl_out, int uid_first, int uid_count, int 
             result = run_one(ctl_out, &steps[i], stdin_data, q, files, names, seccomp, uid, cgroup,
                              last);
             if (result == 1) { /* the program's process: back to Python with its file */
-                program->name = program->text = NULL;
-                program->name_len = program->text_len = 0;
-                const char *p = names;
-                for (int f = 0; f < (int)q->nfiles; f++) {
-                    if (f == q->source) {
-                        program->name = p;
-                        program->name_len = files[f].name_len;
-                        program->text = p + files[f].name_len;
-                        program->text_len = files[f].data_len;
-                    }
-                    p += files[f].name_len + files[f].data_len;
-                }
+                if (program->after_fork)
+                    program->after_fork(); /* the interpreter's locks; `random` reseeds */
+                put_program(program, q, files, names);
                 return 1;
             }
             stdin_data += steps[i].stdin_len;

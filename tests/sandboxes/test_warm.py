@@ -459,6 +459,49 @@ async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> Non
     assert len(outs) == 3
 
 
+async def test_a_program_s_own_forks_reseed_random(warm: LocalSandbox) -> None:
+    """As in a fresh interpreter, a program's fork reseeds `random` and forgets the gauss it
+    cached (the warm interpreter registers a reseed of its own in place of `random`'s)."""
+    code = (
+        "import os, random\n"
+        "random.gauss(0, 1)\n"  # the second of the pair is cached
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(w, repr([random.gauss(0, 1), random.random()]).encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "child = eval(os.read(r, 200))\n"
+        "os.wait()\n"
+        "mine = [random.gauss(0, 1), random.random()]\n"
+        "print(child[0] == mine[0], child[1] == mine[1])\n"
+    )
+    job = Job(argv=("python3", "-I", "-B", "main.py"), files={"main.py": code}, limits=LIMITS)
+    for _ in range(2):
+        result = await warm.run(job)
+        assert (result.stdout, result.stderr) == (b"False False\n", b"")
+    assert _started(warm) == 1
+
+
+@pytest.mark.parametrize("filler_kb", [0, 400])
+async def test_a_program_runs_as_its_file_whatever_its_size(
+    warm: LocalSandbox, filler_kb: int
+) -> None:
+    """The C loop hands a program's text to Python in an area of 256 KiB; a larger one is read
+    from the work dir. Either way it runs as `python3 -I -B main.py` would run that file."""
+    code = (
+        "import sys\n"
+        + "# filler\n" * (filler_kb * 100)
+        + "print(__file__, sys.argv, __name__)\n"
+        + "raise ValueError('here')\n"
+    )
+    result = await _run(warm, code)
+    assert result.stdout == b"/work/main.py ['main.py'] __main__\n"
+    line = code.count("\n")
+    assert f'File "/work/main.py", line {line}, in <module>'.encode() in result.stderr
+    assert result.stderr.endswith(b"ValueError: here\n")
+    assert result.exit_code == 1
+
+
 async def test_a_worker_is_recycled_after_its_uses(tmp_path: Path) -> None:
     box = LocalSandbox(
         uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path, warm_python=1, warm_max_uses=2
