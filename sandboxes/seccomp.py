@@ -17,7 +17,9 @@ What it refuses, and why:
   runtime's default profile refuses them for the same reason).
 - for jobs that may not start processes (`processes == 1`): fork, vfork and clone (`EAGAIN`,
   as at a process limit) and clone3 (`ENOSYS`, so that libc falls back to clone). This holds
-  whatever uid the job runs as, where RLIMIT_NPROC needs a uid per job.
+  whatever uid the job runs as, where RLIMIT_NPROC needs a uid per job. (A warm program with a
+  uid of its own goes without it: its RLIMIT_NPROC of 1 counts its processes alone. See
+  `warm_init.c`.)
 - syscalls of any ABI but the native one (the process is killed): a 32-bit or x32 call has
   other numbers and would pass the checks above.
 

@@ -8,8 +8,11 @@ its process, files, children, limits or fds, the probe sees a fresh program's wo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,6 +460,114 @@ async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> Non
     code = "import random\nprint(random.random())\n"
     outs = {(await _run(warm, code)).stdout for _ in range(3)}
     assert len(outs) == 3
+
+
+SPAWNS = (  # the seccomp filters it runs under (the sandbox's, and the no-fork one), then what
+    # it could start
+    "import os, subprocess, threading\n"
+    "status = open('/proc/self/status').read().splitlines()\n"
+    "print('filters', [s.split()[1] for s in status if s.startswith('Seccomp_filters')][0])\n"
+    "def fork():\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+    "    os.waitpid(pid, 0)\n"
+    "for name, start in [('fork', fork), ('thread', lambda: threading.Thread(\n"
+    "        target=print).start()), ('spawn', lambda: subprocess.run(['true']))]:\n"
+    "    try:\n        start()\n        print(name, 'started')\n"
+    "    except (OSError, RuntimeError):\n        print(name, 'refused')\n"
+)
+
+
+async def test_a_single_process_program_starts_no_process_or_thread(warm: LocalSandbox) -> None:
+    """With a uid of its own (the service is root), its process limit of 1 refuses it: it runs
+    under the sandbox's seccomp filter alone, the no-fork one left out. A program allowed more
+    processes starts all three. Where the
+    service is not root: `test_where_the_service_is_not_root_...` below."""
+    if warm._uids is None:
+        pytest.skip("programs share their worker's uid where the service is not root")
+    argv = ("python3", "-I", "-B", "main.py")
+    one = await warm.run(
+        Job(argv=argv, files={"main.py": SPAWNS}, limits=dataclasses.replace(LIMITS, processes=1))
+    )
+    assert one.stdout == b"filters 1\nfork refused\nthread refused\nspawn refused\n", one
+    many = await warm.run(Job(argv=argv, files={"main.py": SPAWNS}, limits=LIMITS))
+    assert many.stdout.startswith(b"filters 1\n"), many
+    assert many.stdout.count(b"started") == 3, many
+    assert _started(warm) == 1
+
+
+NOT_ROOT = """
+import asyncio, json, sys
+from assay.sandboxes import Job, Limits, LocalSandbox
+
+async def main():
+    box = LocalSandbox(warm_python=1)
+    argv = ("python3", "-I", "-B", "main.py")
+    out = {"facts": box.facts(), "unavailable": box.unavailable_reason()}
+    for processes in (1, 16):
+        job = Job(argv=argv, files={"main.py": sys.argv[1]}, limits=Limits(processes=processes))
+        run = await box.run(job)
+        out[processes] = [run.stdout.decode(), run.stderr.decode()[-500:]]
+        out["ids"] = (await box.run(Job(argv=argv, files={"main.py": sys.argv[2]}))).stdout.decode()
+    out["started"] = box._warm.pool.stats.started
+    await box.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["c", "python"])
+def test_where_the_service_is_not_root_programs_keep_the_no_fork_filter(
+    loop: str, tmp_path: Path
+) -> None:
+    """A service that is not root (here `nobody`, with the sandbox's own Python) has no uid pool:
+    its warm programs all have their worker's uid, and a single-process program runs under the
+    no-fork seccomp filter too (a second filter), which refuses it any process or thread. (Its
+    process limit cannot: it counts the uid's processes, the worker's among them; here it
+    refuses too, counting the service's, which a test cannot tell apart.)"""
+    import json
+    import shutil
+    import subprocess
+    import sysconfig
+
+    import assay.sandboxes
+
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    if os.geteuid() != 0 or setpriv is None or not os.path.exists(python):
+        pytest.skip("needs root, setpriv and the sandbox's /usr/bin/python3")
+    here = subprocess.run(
+        [python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    )
+    if here.stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip("the sandbox's Python is not this one's version (the packages are this one's)")
+    # What `nobody` can read: the package through a link, and this interpreter's packages.
+    shared = Path(tempfile.mkdtemp(prefix="assay-not-root-"))
+    try:
+        shared.chmod(0o755)
+        package = Path(assay.sandboxes.__file__).resolve().parent.parent
+        (shared / "assay").symlink_to(package)
+        (shared / "main.py").write_text(NOT_ROOT)
+        paths = [str(shared), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+        ids = "import os\nprint(os.getuid(), os.getgid())\n"
+        run = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             "env", "-i", "HOME=/tmp", "PATH=/usr/bin:/bin", f"ASSAY_WARM_INIT={loop}",
+             f"PYTHONPATH={':'.join(paths)}", python, str(shared / "main.py"), SPAWNS, ids],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if run.returncode != 0 and "Permission denied" in run.stderr:
+            pytest.skip(f"nobody cannot read this interpreter's packages: {run.stderr[-300:]}")
+        assert run.returncode == 0, run.stderr[-2000:]
+        out = json.loads(run.stdout)
+    finally:
+        shutil.rmtree(shared)
+    if out["unavailable"] is not None:
+        pytest.skip(f"no sandbox for nobody here: {out['unavailable']}")
+    assert out["facts"]["uid_per_warm_program"] is False
+    assert out["1"] == ["filters 2\nfork refused\nthread refused\nspawn refused\n", ""], out
+    assert out["16"][0].startswith("filters 1\n"), out
+    assert out["16"][0].count("started") == 3, out
+    assert out["ids"] == "1000 1000\n"  # the worker's uid in the sandbox, as every program's
+    assert out["started"] == 1
 
 
 async def test_a_program_s_own_forks_reseed_random(warm: LocalSandbox) -> None:
