@@ -522,9 +522,10 @@ class LocalSandbox:
                     fds.append(stack.enter_context(memfd("warm-init", library)))
                     mode_args += (f"--init-fd={fds[-1]}",)
                 if runner_mode is not None:
-                    source = steps.runner_source()
-                    fds.append(stack.enter_context(memfd("runner", source)))
-                    loader = steps.runner_loader(fds[-1])
+                    code = await asyncio.to_thread(steps.runner_code, job.argv[0])
+                    runner = code if code is not None else steps.runner_source()
+                    fds.append(stack.enter_context(memfd("runner", runner)))
+                    loader = steps.runner_loader(fds[-1], compiled=code is not None)
                     job = dataclasses.replace(job, argv=(*job.argv, *loader, *mode_args))
                 bwrap = self._bwrap_argv(
                     job,

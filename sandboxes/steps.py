@@ -33,13 +33,55 @@ def runner_source() -> bytes:
     return resources.files("assay.sandboxes").joinpath("runner.py").read_bytes()
 
 
-def runner_loader(fd: int) -> tuple[str, str]:
-    """The `python3` arguments that run `runner.py` from the memfd `fd`: a `-c` program that
-    compiles it and runs it, not the memfd as the script. CPython keeps a script's syntax tree
-    until the script ends, and the runner's (3.7 MB) would live as long as the runner: in a warm
-    worker, in every program's fork, whose copy and teardown of the page tables scale with what
-    the interpreter holds. `compile()` frees its tree before the code runs."""
-    return "-c", f"exec(compile(open('/proc/self/fd/{fd}', 'rb').read(), 'runner.py', 'exec'))"
+# Run by the sandbox's interpreter outside any sandbox, on the runner's source alone.
+_MARSHAL = (
+    "import marshal, sys; "
+    "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.buffer.read(), 'runner.py', 'exec')))"
+)
+
+
+_NOT_COMPILED = "the runner was not compiled by %s (%s): each sandbox compiles it"
+
+
+@cache
+def runner_code(python: str) -> bytes | None:
+    """`runner.py` compiled by the interpreter that runs it in the sandboxes, marshalled
+    (once a process); None where that interpreter cannot be run here, and the runner is
+    compiled from source in each sandbox instead (`runner_loader`).
+
+    Compiled from source, a runner costs its interpreter the compile (7 ms, in every cold job)
+    and leaves the freed syntax tree's holes in its heap, which the warm interpreter's later
+    imports fill: its objects lie on more pages, and every program's fork touches more of them
+    (10 page faults a program, on this kind of machine about 5 us each)."""
+    try:
+        done = subprocess.run(
+            [python, "-I", "-S", "-B", "-c", _MARSHAL],
+            input=runner_source(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning(_NOT_COMPILED, python, exc)
+        return None
+    if done.returncode != 0 or not done.stdout:
+        log.warning(_NOT_COMPILED, python, done.stderr.decode(errors="replace").strip()[-500:])
+        return None
+    return done.stdout
+
+
+def runner_loader(fd: int, compiled: bool) -> tuple[str, str]:
+    """The `python3` arguments that run the runner from the memfd `fd`: its code marshalled by
+    `runner_code` when `compiled`, else its source. Not the memfd as the script: CPython keeps
+    a script's syntax tree until the script ends, and the runner's (3.7 MB) would live as long
+    as the runner: in a warm worker, in every program's fork, whose copy and teardown of the
+    page tables scale with what the interpreter holds (`compile()` frees its tree before the
+    code runs)."""
+    path = f"/proc/self/fd/{fd}"
+    if compiled:
+        return "-c", f"import marshal; exec(marshal.loads(open('{path}', 'rb').read()))"
+    return "-c", f"exec(compile(open('{path}', 'rb').read(), 'runner.py', 'exec'))"
 
 
 def warm_init_library() -> bytes | None:

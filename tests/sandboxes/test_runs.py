@@ -108,3 +108,34 @@ async def test_stopping_early_kills_the_sequence(sandbox: LocalSandbox, tmp_path
         from tests.sandboxes.test_contract import _gone
 
         assert await _gone(UID_BASE, UID_COUNT) == []
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["marshalled", "source"])
+async def test_the_runner_runs_compiled_or_from_source(
+    compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner goes into a sandbox compiled by the sandbox's interpreter (marshalled), or,
+    where that interpreter cannot compile it here, as source: a job's runs and a warm
+    worker's programs run either way."""
+    from assay.sandboxes import Job, steps
+
+    code = steps.runner_code(LocalSandbox()._python)
+    assert code is not None  # this machine's interpreter compiles it
+    assert steps.runner_code("/nonexistent/python3") is None
+    if not compiled:
+        monkeypatch.setattr(steps, "runner_code", lambda python: None)
+    box = LocalSandbox(
+        uid_base=UID_BASE, uid_count=UID_COUNT, lock_dir=tmp_path / "uids", warm_python=1
+    )
+    try:
+        job = MultiJob(
+            argv=("python3", "-I", "-B", "-c", "import sys; print(sys.stdin.read()[::-1])"),
+            runs=(Run(stdin=b"ab"), Run(stdin=b"cd")),
+        )
+        assert [s.result.stdout for s in await _all(box, job)] == [b"ba\n", b"dc\n"]
+        warm = Job(argv=PY, files={"main.py": "print(__name__, 6 * 7)\n"})
+        assert (await box.run(warm)).stdout == b"__main__ 42\n"
+        assert box._warm is not None
+        assert box._warm.pool.stats.started == 1
+    finally:
+        await box.close()
