@@ -90,6 +90,15 @@ LEAKS = [
         b"[] 1\n",
     ),
     Leak(
+        "main_module_globals",
+        "import sys\nsys.modules['__main__'].__dict__['LEFT'] = 1\nALSO = 2\n"
+        "sys.modules['__main__'].__doc__ = 'changed'\n",
+        "import sys\nmain = sys.modules['__main__']\n"
+        "print(sorted(k for k in globals() if not k.startswith('__')), main.__doc__, "
+        "main.__dict__ is globals(), __file__)\n",
+        b"['main', 'sys'] None True /work/main.py\n",
+    ),
+    Leak(
         "cwd_env_and_umask",
         "import os\nos.chdir('/tmp')\nos.environ['LEAK'] = '1'\nos.umask(0o777)\n",
         "import os\nprint(os.getcwd(), 'LEAK' in os.environ, oct(os.umask(0o22)))\n",
