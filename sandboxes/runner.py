@@ -735,15 +735,45 @@ WARM_IMPORTS = (
 )
 
 
-def _import_random() -> None:
-    """Import `random` with a cheaper after-fork reseed than its own.
+class _RandomOnImport:
+    """`random`, imported by the warm interpreter and kept out of `sys.modules`, for the programs
+    that import it (a meta path finder and loader: `importlib`'s protocol). A program that
+    imports it gets this module then, reseeded as a fresh import seeds it, with the reseed
+    registered for its own forks; one that does not pays nothing for it. A reload, or an import
+    after `sys.modules` lost it, runs `random`'s own loader, as a fresh interpreter would."""
+
+    def __init__(self, module: types.ModuleType, reseed: Callable[[], None]) -> None:
+        self.module, self.reseed, self.given = module, reseed, False
+        self.spec: Any = module.__spec__
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> Any:
+        if name != "random":
+            return None
+        return type(self.spec)(name, self, origin=self.spec.origin)
+
+    def create_module(self, spec: object) -> types.ModuleType | None:
+        return None if self.given else self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if self.given or module is not self.module:
+            self.spec.loader.exec_module(module)
+            return
+        self.given = True
+        module.__spec__ = self.spec
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+
+def _prepare_random() -> None:
+    """Import `random` for the programs, with no after-fork hook in this interpreter.
 
     `random` registers its instance's `seed` (a Python method) to run in every forked child,
     and in a fork of this interpreter that cost 0.12 ms and 40 page faults a program (the
-    method's frame, code and objects, each touched page a copy). The reseed registered here
-    instead does what that method does with no argument, the C seed and `gauss_next` cleared,
-    in half of it (0.06 ms, 19 faults; a fork-and-exit loop of 1,000). Where the import
-    registers anything else, or `random` was imported before, nothing is changed."""
+    method's frame, code and objects, each touched page a copy), whether or not the program
+    uses `random`. Imported here with that registration caught, it is handed to the programs
+    that import it (`_RandomOnImport`) and reseeded then by what the method does with no
+    argument: the C seed (`os.urandom`), `gauss_next` cleared. Where the import registers
+    anything else, or `random` was imported before, it stays as it is, hook and all."""
     if "random" in sys.modules:
         return
     caught: list[dict[str, Any]] = []
@@ -765,7 +795,8 @@ def _import_random() -> None:
         if inst.gauss_next is not None:
             inst.gauss_next = None
 
-    register(after_in_child=reseed)
+    del sys.modules["random"]
+    sys.meta_path.insert(0, _RandomOnImport(random, reseed))
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -1333,9 +1364,11 @@ def serve_warm(
     _become_warm_init(ctl_in, ctl_out, refuse_user_namespaces=bool(uids))
     global _fresh_main
     turn = 0
-    _import_random()
+    _prepare_random()
     _fresh_main = types.ModuleType("__main__")
     for name in WARM_IMPORTS:
+        if name == "random":  # above
+            continue
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     gc.collect()

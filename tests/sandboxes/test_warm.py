@@ -579,6 +579,31 @@ def test_where_the_service_is_not_root_programs_keep_the_no_fork_filter(
     assert out["started"] == 1
 
 
+async def test_random_is_imported_as_in_a_fresh_interpreter(warm: LocalSandbox) -> None:
+    """`random` is not in `sys.modules` until a program imports it (the warm interpreter holds it
+    ready: `runner._RandomOnImport`); then it is the module of its file, seeded; a reload, or an
+    import after `sys.modules` lost it, runs the module's own loader."""
+    code = (
+        "import importlib, sys\n"
+        "print('random' in sys.modules)\n"
+        "import random\n"
+        "print(random.__spec__.name, type(random.__spec__.loader).__name__, "
+        "random.__file__.endswith('/random.py'), 0 <= random.random() < 1)\n"
+        "again = importlib.reload(random)\n"
+        "print(again is random, random.randint(4, 4))\n"
+        "del sys.modules['random']\n"
+        "import random as fresh\n"
+        "print(fresh is random, fresh.randint(5, 5), 'random' in sys.modules)\n"
+    )
+    for _ in range(2):
+        result = await _run(warm, code)
+        assert (result.stdout, result.stderr) == (
+            b"False\nrandom SourceFileLoader True True\nTrue 4\nFalse 5 True\n",
+            b"",
+        )
+    assert _started(warm) == 1
+
+
 async def test_a_program_s_own_forks_reseed_random(warm: LocalSandbox) -> None:
     """As in a fresh interpreter, a program's fork reseeds `random` and forgets the gauss it
     cached (the warm interpreter registers a reseed of its own in place of `random`'s)."""
