@@ -494,6 +494,8 @@ def _lone_surrogate(value: Any) -> str | None:
     """Where in a JSON value a string holds a lone surrogate (a path like `spec.tests.0.stdin`),
     if anywhere. A loop, not recursion, as `_rough_size`; the paths are built only for a value
     that has one (building them for every item cost the service a tenth of a millisecond)."""
+    if isinstance(value, str) and value.isascii():  # an id, mostly: no walk, no encoding
+        return None
     if not _any_lone_surrogate(value):
         return None
     stack: list[tuple[str, Any]] = [("", value)]

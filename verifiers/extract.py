@@ -112,9 +112,12 @@ def fenced_blocks(text: str) -> list[Block]:
     body: list[str] = []
     for number, line in enumerate(lines):
         if fence is None:
-            fence = _opener(line)
-            body = []
-        elif _closes(line, fence[0]):
+            # Most lines hold no backtick or tilde and open nothing (the full check costs the
+            # service a few microseconds a line: a completion's every line goes through it).
+            if "`" in line or "~" in line:
+                fence = _opener(line)
+                body = []
+        elif fence[0][0] in line and _closes(line, fence[0]):
             blocks.append(Block(_label(fence[2]), "".join(body)))
             fence = None
         else:
