@@ -48,11 +48,15 @@ def engine() -> Iterator[str | None]:
         return
     folder = tempfile.mkdtemp(prefix="assay-podman-")
     url = f"unix://{folder}/podman.sock"
+    # Its own folder as its working directory: conmon writes a file named `oom` into its
+    # working directory when a container is killed for memory (seen here: one appeared in the
+    # repository's root, and went into a commit), and this folder is removed afterwards.
     service = subprocess.Popen(
         [podman, "system", "service", "--time=0", url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        cwd=folder,
     )
     try:
         deadline = time.monotonic() + 30

@@ -47,6 +47,7 @@ class Podman:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=self.folder,  # what conmon leaves in its working directory (engine.py) goes here
         )
         deadline = time.monotonic() + 30
         while not _answers(self.url):
