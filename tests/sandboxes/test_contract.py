@@ -533,17 +533,21 @@ async def test_process_limit_holds_per_job(sandbox: LocalSandbox) -> None:
     assert int(run.stdout) == LIMITS.processes - 1  # the program itself is one
 
 
+# Starts a process, a thread and a program, and says of each whether it started or was refused.
+STARTS_EACH = (
+    "import os, subprocess, threading\n"
+    "def fork():\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+    "    os.waitpid(pid, 0)\n"
+    "for name, start in [('fork', fork), ('thread', lambda: threading.Thread(\n"
+    "        target=print).start()), ('spawn', lambda: subprocess.run(['true']))]:\n"
+    "    try:\n        start()\n        print(name, 'started')\n"
+    "    except (OSError, RuntimeError):\n        print(name, 'refused')\n"
+)
+
+
 @needs_bwrap
 async def test_single_process_jobs_cannot_fork_or_thread(sandbox: LocalSandbox) -> None:
-    code = (
-        "import os, subprocess, threading\n"
-        "def fork():\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
-        "    os.waitpid(pid, 0)\n"
-        "for name, start in [('fork', fork), ('thread', lambda: threading.Thread(\n"
-        "        target=print).start()), ('spawn', lambda: subprocess.run(['true']))]:\n"
-        "    try:\n        start()\n        print(name, 'started')\n"
-        "    except (OSError, RuntimeError):\n        print(name, 'refused')\n"
-    )
+    code = STARTS_EACH
     one = Limits(wall_s=5, processes=1)
     run = await sandbox.run(Job(argv=PYTHON.run, files={PYTHON.file: code}, limits=one))
     assert run.stdout == b"fork refused\nthread refused\nspawn refused\n", run

@@ -22,6 +22,7 @@ from assay.clients.schema import CodeSpec
 from assay.sandboxes import Job, Limits, LocalSandbox, MultiJob, Run, RunResult, steps
 from assay.verifiers import CodeVerifier
 from tests.conftest import needs_bwrap
+from tests.sandboxes.test_contract import STARTS_EACH
 
 pytestmark = needs_bwrap
 
@@ -472,15 +473,9 @@ async def test_random_numbers_differ_between_programs(warm: LocalSandbox) -> Non
 
 SPAWNS = (  # the seccomp filters it runs under (the sandbox's, and the no-fork one), then what
     # it could start
-    "import os, subprocess, threading\n"
     "status = open('/proc/self/status').read().splitlines()\n"
     "print('filters', [s.split()[1] for s in status if s.startswith('Seccomp_filters')][0])\n"
-    "def fork():\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
-    "    os.waitpid(pid, 0)\n"
-    "for name, start in [('fork', fork), ('thread', lambda: threading.Thread(\n"
-    "        target=print).start()), ('spawn', lambda: subprocess.run(['true']))]:\n"
-    "    try:\n        start()\n        print(name, 'started')\n"
-    "    except (OSError, RuntimeError):\n        print(name, 'refused')\n"
+    + STARTS_EACH
 )
 
 
