@@ -1132,7 +1132,7 @@ def run_warm_step(
     _ipc.fresh()
     # A program with a uid of its own needs no no-fork filter: its process limit (its
     # processes alone, `own` below) refuses it fork and threads as the filter would, and the
-    # filter cost a program 0.16 ms (attached, run on each system call, freed; warm_init.c).
+    # second filter cost a program its attach, teardown and runs (warm_init.c).
     filter_args = c.seccomp(seccomp) if seccomp and uid is None else None
     pipes = _Pipes()
     started = time.monotonic()
@@ -1296,8 +1296,8 @@ def _serve_in_c(
     Nothing of ctypes is used in a program's process: its first call there cost 0.1 ms and 30
     page faults (the objects it touches, each page a copy), and the interpreter's after-fork
     hook through it 0.2 ms more. The C loop calls the hook, as `os.fork` does in C (the
-    interpreter's locks and threads, the at-fork hooks: `random` reseeds), and puts the
-    program's name and text in `area`, read here as bytes."""
+    interpreter's locks and threads, the at-fork hooks), and puts the program's name and text
+    in `area`, read here as bytes."""
     area = mmap.mmap(-1, _AREA_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     view = memoryview(area)
     program = _WarmProgram(
@@ -1322,18 +1322,6 @@ def _serve_in_c(
         if text_size != _NO_SIZE:
             text = bytes(view[at + name_size : at + name_size + text_size])
     run_python(name, text)
-
-
-def _trim_heap() -> None:
-    """Hand the C heap's free pages back to the kernel (glibc's `malloc_trim`).
-
-    This interpreter compiled this file from source (a memfd, no cached bytecode): the
-    compiler's memory, freed, stays in the heap as pages the process still holds, about 1.7 MB
-    of its 8. Every program's fork copies the page table entries of what the process holds and
-    its exit tears them down, so what is held and unused costs every program."""
-    trim = getattr(kernel().libc, "malloc_trim", None)  # glibc's; musl has none
-    if trim is not None:
-        trim(0)
 
 
 def serve_warm(
@@ -1373,7 +1361,6 @@ def serve_warm(
             importlib.import_module(name)
     gc.collect()
     gc.freeze()  # the forked programs share these objects' pages instead of copying them
-    _trim_heap()
     _write_all(ctl_out, encode({"kind": "ready", "pid": os.getpid()}))
     if library is not None:
         _serve_in_c(library, ctl_in, ctl_out, uids, cgroup)
